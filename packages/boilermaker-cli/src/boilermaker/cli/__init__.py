@@ -1,0 +1,1 @@
+"""The boilermaker command line."""

@@ -1,0 +1,1 @@
+"""A local Azure Service Bus namespace over AMQP 1.0."""
