@@ -1,0 +1,195 @@
+"""The Broker protocol: what Boilermaker needs from a queue, in Service Bus terms.
+
+A broker sends messages (now or scheduled), and opens receivers that hand
+out peek-locked messages to settle: complete, abandon, dead-letter, or keep
+alive with a lock renewal. Core ships :class:`boilermaker.memory.InMemoryBroker`;
+``boilermaker.service_bus.AzureServiceBus`` implements it on Azure.
+
+Concurrency contract: the worker engine calls a receiver's methods from many
+coroutines at once (one per running task, plus the lock renewer and the
+receive loop). An adapter whose links cannot take concurrent operations must
+funnel them itself (one coroutine per link, a settlement queue, batching).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from boilermaker.exceptions import BoilermakerError
+
+#: Service Bus Standard tier's maximum message size.
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024
+
+PropertyValue = str | int | float | bool | bytes | None
+
+
+class SubQueue(enum.StrEnum):
+    """Which part of a queue a receiver reads."""
+
+    Main = "main"
+    DeadLetter = "deadletter"
+
+
+class ReceiveMode(enum.StrEnum):
+    """Peek-lock (settle explicitly) or receive-and-delete (at-most-once)."""
+
+    PeekLock = "peek_lock"
+    ReceiveAndDelete = "receive_and_delete"
+
+
+class BrokerError(BoilermakerError):
+    """A broker operation failed. ``transient`` says whether trying again may help."""
+
+    transient: bool = True
+
+
+class MessageLockLost(BrokerError):
+    """The message's lock expired or was taken over; it can no longer be settled."""
+
+    transient = False
+
+
+class BrokerAuthenticationError(BrokerError):
+    """The broker refused our credentials; retrying will not help."""
+
+    transient = False
+
+
+class BrokerMessageSizeExceeded(BrokerError):
+    """The broker refused a message for its size."""
+
+    transient = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to send; ``scheduled_enqueue_time`` makes it a scheduled message."""
+
+    body: bytes
+    message_id: str
+    scheduled_enqueue_time: datetime | None = None
+    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    content_type: str | None = "application/json"
+    correlation_id: str | None = None
+    subject: str | None = None
+
+    @property
+    def size(self) -> int:
+        """An estimate of the encoded size: body, ids and properties."""
+        props = sum(
+            len(k) + (len(v) if isinstance(v, str | bytes) else 8)
+            for k, v in self.application_properties.items()
+        )
+        return len(self.body) + len(self.message_id) + props + 64
+
+
+@dataclass(slots=True)
+class ReceivedMessage:
+    """A message handed out by a receiver, locked until ``locked_until`` (peek-lock).
+
+    ``delivery_count`` is 0 on the first delivery. ``handle`` is the adapter's
+    own message object, which core never touches.
+    """
+
+    body: bytes
+    message_id: str
+    sequence_number: int
+    delivery_count: int
+    enqueued_time: datetime | None = None
+    locked_until: datetime | None = None
+    lock_token: str | None = None
+    application_properties: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    correlation_id: str | None = None
+    subject: str | None = None
+    dead_letter_reason: str | None = None
+    dead_letter_description: str | None = None
+    dead_letter_source: str | None = None
+    scheduled_enqueue_time: datetime | None = None
+    handle: Any = field(default=None, repr=False, compare=False)
+
+
+@runtime_checkable
+class Receiver(Protocol):
+    """A peek-lock (or receive-and-delete) consumer of one queue or sub-queue."""
+
+    async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` messages, waiting at most ``max_wait`` s for the first."""
+        ...
+
+    async def complete(self, message: ReceivedMessage) -> None:
+        """Remove the message from the queue. Raises :class:`MessageLockLost`."""
+        ...
+
+    async def abandon(self, message: ReceivedMessage) -> None:
+        """Release the lock so the message is delivered again at once."""
+        ...
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> None:
+        """Move the message to the dead-letter sub-queue with a reason and description."""
+        ...
+
+    async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        """Extend the message's lock; returns the new expiry. Raises :class:`MessageLockLost`."""
+        ...
+
+    async def peek(
+        self, max_messages: int, from_sequence_number: int | None = None
+    ) -> list[ReceivedMessage]:
+        """Look at messages without locking them (for tools)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving; unsettled messages become available again when their locks lapse."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A queue to publish tasks to and receive them from."""
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message (bytes) the queue accepts."""
+        ...
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        """Send messages, packing them into as few calls as sizes allow.
+
+        Messages with ``scheduled_enqueue_time`` are scheduled. Returns one
+        sequence number per message where the broker reports one (scheduled
+        messages always; immediate sends on brokers that know them), else None.
+        """
+        ...
+
+    async def cancel_scheduled(self, sequence_numbers: Sequence[int]) -> None:
+        """Cancel scheduled messages that have not become active yet."""
+        ...
+
+    def receiver(
+        self,
+        *,
+        prefetch: int = 0,
+        sub_queue: SubQueue = SubQueue.Main,
+        receive_mode: ReceiveMode = ReceiveMode.PeekLock,
+    ) -> Receiver:
+        """A receiver for the queue (or its dead-letter sub-queue); use ``async with``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,461 @@
+"""Running task graphs on a broker plus a results store, each node exactly once.
+
+How a node moves (all writes are compare-and-swap on the ETag just read):
+
+1. ``publish`` writes ``graph.json`` and a Pending record per node (create-only,
+   so a second call after a failure finishes the job without duplicates), then
+   publishes the roots (message id = task id) and marks them Scheduled.
+2. A worker ``claim``s a node by writing Started with its message's sequence
+   number. A finished node is never run again: only its continuation is. A
+   second message for a node another message has claimed is a duplicate.
+3. When a node settles (finishes, or is skipped because it can never run), its
+   ``continuation`` records its outcome in each dependent's record (its
+   children and its failure handler). The writer whose arrival completes a
+   dependent's set decides for it: dispatch it (all parents succeeded, or for
+   a handler, its task failed) or skip it, which settles it in turn.
+4. Sinks report to the graph-status record; when all have settled the graph
+   has ended, and if anything failed the all-failed callback is dispatched.
+
+Finishing a node costs blob operations in proportion to its own edges, so a
+graph of N nodes and E edges costs O(N + E) in total. Every step is
+idempotent: a redelivered message re-runs only the continuation, and a
+continuation repeated after a crash re-dispatches what it must (duplicates are
+resolved by the claim), so no crash point leaves a graph stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeVar
+
+from boilermaker.ids import GraphId, TaskId
+from boilermaker.publishing import Publication, Publisher
+from boilermaker.results import (
+    GraphStatusRecord,
+    NodeRecord,
+    Records,
+    graph_blob,
+    graph_status_blob,
+    node_blob,
+)
+from boilermaker.results_store import BlobExists, PreconditionFailed, ResultsStore
+from boilermaker.task.graph import TaskGraph
+from boilermaker.task.status import TaskStatus
+from boilermaker.task.task import Task
+
+logger = logging.getLogger("boilermaker.graph")
+
+T = TypeVar("T")
+
+ClaimKind = Literal["run", "finished", "skipped", "duplicate", "missing"]
+
+#: Concurrent store operations when writing or reading a whole graph.
+BULK_CONCURRENCY = 32
+
+
+@dataclass(slots=True)
+class Claim:
+    """What a worker should do with a graph node's message."""
+
+    kind: ClaimKind
+    record: NodeRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphProgress:
+    """A snapshot of every node's status (costs one read per node)."""
+
+    graph_id: GraphId
+    statuses: dict[TaskId, TaskStatus]
+    skipped: frozenset[TaskId]
+    ended: bool
+    failed: bool
+
+    @property
+    def complete(self) -> bool:
+        """Every node finished or skipped, the all-failed callback included."""
+        return self.ended and all(
+            status.finished or task_id in self.skipped for task_id, status in self.statuses.items()
+        )
+
+
+async def _bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCURRENCY) -> list[T]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(coro: Awaitable[T]) -> T:
+        async with semaphore:
+            return await coro
+
+    return list(await asyncio.gather(*(run(c) for c in coros)))
+
+
+class GraphRuntime:
+    """Graph publication, claiming, continuation and recovery over a ResultsStore."""
+
+    def __init__(self, store: ResultsStore, publisher: Publisher, cache_size: int = 512) -> None:
+        self.store = store
+        self.records = Records(store)
+        self.publisher = publisher
+        self._cache: OrderedDict[str, TaskGraph] = OrderedDict()
+        self._cache_size = cache_size
+
+    # -- structure --------------------------------------------------------------------
+
+    async def load(self, graph_id: str) -> TaskGraph | None:
+        """The graph's structure (read once per process, then cached)."""
+        graph = self._cache.get(graph_id)
+        if graph is not None:
+            self._cache.move_to_end(graph_id)
+            return graph
+        blob = await self.store.read(graph_blob(graph_id))
+        if blob is None:
+            return None
+        graph = TaskGraph.model_validate_json(blob.data)
+        self._remember(graph)
+        return graph
+
+    def _remember(self, graph: TaskGraph) -> None:
+        self._cache[graph.graph_id] = graph
+        self._cache.move_to_end(graph.graph_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    # -- publication ------------------------------------------------------------------
+
+    async def publish(self, graph: TaskGraph, attempts: int = 1) -> TaskGraph:
+        """Store the graph and publish its roots; safe to call again after a failure."""
+        data = graph.model_dump_json().encode()
+        try:
+            await self.store.write(
+                graph_blob(graph.graph_id),
+                data,
+                tags={"graph_id": str(graph.graph_id), "status": "graph"},
+                create_only=True,
+            )
+        except BlobExists:
+            existing = await self.load(graph.graph_id)
+            if existing is None or existing.tasks.keys() != graph.tasks.keys():
+                raise ValueError(
+                    f"graph {graph.graph_id} was already published with different tasks"
+                ) from None
+        self._remember(graph)
+        await _bounded_gather(
+            [
+                self.records.create(
+                    node_blob(graph.graph_id, task_id),
+                    NodeRecord(task_id=task_id, graph_id=graph.graph_id, status=TaskStatus.Pending),
+                )
+                for task_id in graph.tasks
+            ]
+        )
+        await self.records.create(
+            graph_status_blob(graph.graph_id),
+            GraphStatusRecord(
+                task_id=TaskId(f"graph-{graph.graph_id}"),
+                graph_id=graph.graph_id,
+                status=TaskStatus.Pending,
+            ),
+        )
+        pending_roots = []
+        for task_id in graph.root_ids:
+            got = await self.records.get(node_blob(graph.graph_id, task_id))
+            if got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped:
+                pending_roots.append(task_id)
+        if pending_roots:
+            await self.publisher.publish(
+                [Publication(graph.task(t), message_id=str(t)) for t in pending_roots], attempts
+            )
+            await _bounded_gather([self._mark_scheduled(graph, t) for t in pending_roots])
+        return graph
+
+    async def _mark_scheduled(self, graph: TaskGraph, task_id: TaskId) -> None:
+        def mutate(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status is not TaskStatus.Pending or rec.skipped:
+                return None
+            rec.status = TaskStatus.Scheduled
+            return rec
+
+        await self.records.update(node_blob(graph.graph_id, task_id), mutate)
+
+    async def dispatch(self, graph: TaskGraph, task_id: TaskId) -> None:
+        """Publish a ready node (message id = task id), then mark it Scheduled."""
+        await self.publisher.publish([Publication(graph.task(task_id), message_id=str(task_id))])
+        await self._mark_scheduled(graph, task_id)
+
+    # -- running a node ----------------------------------------------------------------
+
+    async def claim(self, task: Task, sequence_number: int, message_id: str) -> Claim:
+        """Decide whether this message may run its node, and mark it Started if so."""
+        assert task.graph_id is not None
+        name = node_blob(task.graph_id, task.task_id)
+        while True:
+            got = await self.records.get(name)
+            if got is None:
+                return Claim("missing")
+            record, etag = got
+            if record.status.finished:
+                return Claim("finished", record)
+            if record.skipped:
+                return Claim("skipped", record)
+            if record.status is TaskStatus.Started and record.claimed_by not in (
+                None,
+                sequence_number,
+            ):
+                return Claim("duplicate", record)
+            if (
+                record.status is TaskStatus.Retry
+                and record.expected_message_id
+                and record.expected_message_id != message_id
+            ):
+                return Claim("duplicate", record)
+            record.status = TaskStatus.Started
+            record.claimed_by = sequence_number
+            record.attempt = task.attempts.attempts
+            record.expected_message_id = None
+            try:
+                await self.records.put(name, record, if_match=etag)
+            except PreconditionFailed:
+                continue
+            return Claim("run", record)
+
+    async def mark_retry(self, task: Task, message_id: str, retry_at: datetime) -> None:
+        """Record that the node waits for its retry message ``message_id``."""
+        assert task.graph_id is not None
+
+        def mutate(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status.finished:
+                return None
+            rec.status = TaskStatus.Retry
+            rec.expected_message_id = message_id
+            rec.claimed_by = None
+            rec.retry_at = retry_at
+            return rec
+
+        await self.records.update(node_blob(task.graph_id, task.task_id), mutate)
+
+    async def finish(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        result: object = None,
+        errors: list[str] | None = None,
+        formatted_exception: str | None = None,
+    ) -> NodeRecord | None:
+        """Record a node's final status (first writer wins; a finished node stays as it is)."""
+        assert task.graph_id is not None
+        assert status.finished
+
+        def mutate(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status.finished:
+                return None
+            rec.status = status
+            rec.result = result
+            rec.errors = errors
+            rec.formatted_exception = formatted_exception
+            rec.attempt = task.attempts.attempts
+            return rec
+
+        return await self.records.update(node_blob(task.graph_id, task.task_id), mutate)
+
+    # -- continuation ------------------------------------------------------------------
+
+    async def continue_from(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> None:
+        """Tell everything waiting on a settled node its outcome (idempotent)."""
+        outcome = record.outcome
+        if outcome is None:
+            raise ValueError(f"node {task_id} has not settled (status {record.status})")
+        if task_id == graph.all_failed_callback:
+            return
+        failure_seen = record.failure_seen or outcome == "failed"
+        targets = graph.notified_by(task_id)
+        if not targets:
+            await self._notify_end(graph, task_id, outcome, failure_seen)
+            return
+        await asyncio.gather(
+            *(self._notify(graph, child, task_id, outcome, failure_seen) for child in targets)
+        )
+
+    async def _notify(
+        self, graph: TaskGraph, child: TaskId, parent: TaskId, outcome: str, failure_seen: bool
+    ) -> None:
+        def arrive(rec: NodeRecord) -> NodeRecord | None:
+            if parent in rec.arrived:
+                return None
+            rec.arrived[parent] = outcome
+            rec.failure_seen = rec.failure_seen or failure_seen
+            return rec
+
+        name = node_blob(graph.graph_id, child)
+        record = await self.records.update(name, arrive)
+        if record is None:
+            logger.error("Graph %s has no record for task %s", graph.graph_id, child)
+            return
+        waits_on = graph.waits_on(child)
+        if any(p not in record.arrived for p in waits_on):
+            return
+        if record.skipped:
+            # Settled before; repeat its continuation in case that was cut short.
+            await self.continue_from(graph, child, record)
+            return
+        if record.status is not TaskStatus.Pending:
+            return
+        if child in graph.failure_parent:
+            ready = record.arrived.get(graph.failure_parent[child]) == "failed"
+        else:
+            ready = all(record.arrived[p] == "success" for p in waits_on)
+        if ready:
+            await self.dispatch(graph, child)
+            return
+
+        def skip(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status is not TaskStatus.Pending or rec.skipped:
+                return None
+            rec.skipped = True
+            return rec
+
+        skipped = await self.records.update(name, skip)
+        if skipped is not None and skipped.skipped:
+            await self.continue_from(graph, child, skipped)
+
+    async def _notify_end(
+        self, graph: TaskGraph, sink: TaskId, outcome: str, failure_seen: bool
+    ) -> None:
+        def arrive(rec: NodeRecord) -> NodeRecord | None:
+            if sink in rec.arrived:
+                return None
+            rec.arrived[sink] = outcome
+            rec.failure_seen = rec.failure_seen or failure_seen
+            if len(rec.arrived) == len(graph.sink_ids):
+                rec.status = TaskStatus.Failure if rec.failure_seen else TaskStatus.Success
+            return rec
+
+        record = await self.records.update(graph_status_blob(graph.graph_id), arrive)
+        if record is None or not record.status.finished:
+            return
+        callback = graph.all_failed_callback
+        if callback is None:
+            return
+        name = node_blob(graph.graph_id, callback)
+        got = await self.records.get(name)
+        if got is None or got[0].status is not TaskStatus.Pending or got[0].skipped:
+            return
+        if record.failure_seen:
+            await self.dispatch(graph, callback)
+        else:
+
+            def skip(rec: NodeRecord) -> NodeRecord | None:
+                if rec.status is not TaskStatus.Pending or rec.skipped:
+                    return None
+                rec.skipped = True
+                return rec
+
+            await self.records.update(name, skip)
+
+    # -- inspection and recovery -------------------------------------------------------
+
+    async def progress(self, graph_id: str) -> GraphProgress | None:
+        """Every node's status; reads one record per node."""
+        graph = await self.load(graph_id)
+        if graph is None:
+            return None
+        ids = list(graph.tasks)
+        got = await _bounded_gather([self.records.get(node_blob(graph_id, t)) for t in ids])
+        end = await self.records.get(graph_status_blob(graph_id))
+        statuses: dict[TaskId, TaskStatus] = {}
+        skipped: set[TaskId] = set()
+        for task_id, item in zip(ids, got, strict=True):
+            if item is None:
+                statuses[task_id] = TaskStatus.Pending
+                continue
+            statuses[task_id] = item[0].status
+            if item[0].skipped:
+                skipped.add(task_id)
+        ended = end is not None and end[0].status.finished
+        failed = end is not None and end[0].failure_seen
+        return GraphProgress(graph.graph_id, statuses, frozenset(skipped), ended, failed)
+
+    async def recover(self, graph_id: str, stalled_after: timedelta) -> list[TaskId]:
+        """Re-dispatch nodes that stalled; returns the ids acted on.
+
+        Stalled: Scheduled, Started or Retry (past its retry time) for longer
+        than ``stalled_after``; Pending nodes whose dependencies have all
+        settled, or roots never published. Re-dispatched messages get a fresh
+        message id so duplicate detection does not drop them; the claim
+        resolves any duplicate delivery.
+        """
+        graph = await self.load(graph_id)
+        if graph is None:
+            raise LookupError(f"graph {graph_id} not found")
+        now = datetime.now(UTC)
+        acted: list[TaskId] = []
+        for task_id in graph.tasks:
+            name = node_blob(graph_id, task_id)
+            got = await self.records.get(name)
+            if got is None:
+                continue
+            record, _ = got
+            if record.skipped or record.status.finished:
+                continue
+            if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):
+                since = record.updated_at
+                if record.status is TaskStatus.Retry and record.retry_at:
+                    since = max(since, record.retry_at)
+                if now - since < stalled_after:
+                    continue
+                await self._redispatch(graph, task_id)
+                acted.append(task_id)
+                continue
+            waits_on = graph.waits_on(task_id)
+            is_root = task_id in graph.root_ids
+            if is_root or (waits_on and all(p in record.arrived for p in waits_on)):
+                if is_root:
+                    await self.dispatch(graph, task_id)
+                else:
+                    # Re-run the decision the last arrival should have made.
+                    parent = waits_on[0]
+                    await self._notify(
+                        graph,
+                        task_id,
+                        parent,
+                        record.arrived[parent],
+                        record.failure_seen,
+                    )
+                acted.append(task_id)
+        end = await self.records.get(graph_status_blob(graph_id))
+        callback = graph.all_failed_callback
+        if callback is not None and end is not None and end[0].status.finished:
+            got = await self.records.get(node_blob(graph_id, callback))
+            pending = got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped
+            if pending and end[0].failure_seen:
+                await self.dispatch(graph, callback)
+                acted.append(callback)
+        return acted
+
+    async def _redispatch(self, graph: TaskGraph, task_id: TaskId) -> None:
+        name = node_blob(graph.graph_id, task_id)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        message_id = f"{task_id}:recover:{stamp}"
+
+        def reset(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status.finished or rec.skipped:
+                return None
+            rec.status = TaskStatus.Scheduled
+            rec.claimed_by = None
+            rec.expected_message_id = None
+            return rec
+
+        record = await self.records.update(name, reset)
+        if record is None or record.status is not TaskStatus.Scheduled:
+            return
+        task = graph.task(task_id).model_copy(deep=True)
+        task.attempts.attempts = record.attempt
+        await self.publisher.publish([Publication(task, message_id=message_id)])
+        logger.warning(
+            "Recovered graph %s task %s as message %s", graph.graph_id, task_id, message_id
+        )

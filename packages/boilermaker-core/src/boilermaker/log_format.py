@@ -1,0 +1,46 @@
+"""An opt-in JSON log formatter printing Boilermaker's lines in the published shape.
+
+    {"event": "[process_data] Begin Task sequence_number=19657", "level": "info",
+     "logger": "boilermaker.app", "timestamp": "2024/12/10 15:52:23"}
+
+Extra fields passed with ``extra={...}`` (task_id, attempt, reason) are added.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: event, level, logger, timestamp and extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created)),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[key] = (
+                    value if isinstance(value, str | int | float | bool | None) else str(value)
+                )
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_json_logging(level: int = logging.INFO, stream: object = None) -> logging.Handler:
+    """Send the ``boilermaker`` loggers' records to ``stream`` (stderr) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("boilermaker")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler

@@ -1,0 +1,134 @@
+"""Turning tasks into broker messages and sending them, with bounded retries.
+
+Every size check happens before anything is sent, so a batch either goes
+out whole or not at all because of its size. Only transient broker errors
+are retried; authentication and size errors surface at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from boilermaker.broker import Broker, BrokerError, OutgoingMessage
+from boilermaker.envelope import CONTENT_TYPE, MESSAGE_OVERHEAD, encode_task
+from boilermaker.exceptions import MessageTooLarge, PublishError
+from boilermaker.task.task import Task
+from boilermaker.tracing import Tracing
+
+logger = logging.getLogger("boilermaker.app")
+
+#: Seconds to wait before publish attempt 2, 3, ... (transient errors only).
+PUBLISH_BACKOFF = (0.1, 0.3, 1.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One task to publish, with its delay and message id."""
+
+    task: Task
+    delay: float = 0.0
+    message_id: str | None = None
+
+
+def batches_by_size(messages: Sequence[OutgoingMessage], limit: int) -> list[list[OutgoingMessage]]:
+    """Split messages, in order, into the fewest runs whose sizes fit in one broker call."""
+    budget = max(1, limit - MESSAGE_OVERHEAD)
+    batches: list[list[OutgoingMessage]] = []
+    current: list[OutgoingMessage] = []
+    used = 0
+    for message in messages:
+        size = message.size
+        if current and used + size > budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(message)
+        used += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Publisher:
+    """Encodes tasks into envelopes and sends them on a broker."""
+
+    def __init__(self, broker: Broker, tracing: Tracing, queue_name: str | None = None) -> None:
+        self.broker = broker
+        self.tracing = tracing
+        self.queue_name = queue_name
+
+    def to_message(self, item: Publication) -> OutgoingMessage:
+        """Encode one task, refusing it if it is over the broker's size limit."""
+        task = item.task
+        properties: dict[str, Any] = {
+            "boilermaker_function": task.function_name,
+            "boilermaker_task_id": str(task.task_id),
+        }
+        if task.graph_id:
+            properties["boilermaker_graph_id"] = str(task.graph_id)
+        self.tracing.inject(task, properties)
+        body = encode_task(task)
+        limit = self.broker.max_message_size
+        size = len(body) + MESSAGE_OVERHEAD
+        if size > limit:
+            raise MessageTooLarge(size, limit, f"task {task.function_name!r} ({task.task_id})")
+        scheduled = datetime.now(UTC) + timedelta(seconds=item.delay) if item.delay > 0 else None
+        return OutgoingMessage(
+            body=body,
+            message_id=item.message_id or str(task.task_id),
+            scheduled_enqueue_time=scheduled,
+            application_properties=properties,
+            content_type=CONTENT_TYPE,
+        )
+
+    async def publish(self, items: Sequence[Publication], attempts: int = 1) -> list[Task]:
+        """Send every item; sets each task's ``sequence_number`` when the broker reports it."""
+        if attempts < 1:
+            raise ValueError("publish_attempts must be at least 1")
+        if not items:
+            return []
+        if self.tracing.enabled:
+            return [await self._publish_traced(item, attempts) for item in items]
+        messages = [self.to_message(item) for item in items]
+        numbers: list[int | None] = []
+        for batch in batches_by_size(messages, self.broker.max_message_size):
+            numbers.extend(await self._send(batch, attempts))
+        for item, number in zip(items, numbers, strict=True):
+            item.task.sequence_number = number
+        return [item.task for item in items]
+
+    async def _publish_traced(self, item: Publication, attempts: int) -> Task:
+        with self.tracing.publish_span(item.task, self.queue_name) as span:
+            try:
+                message = self.to_message(item)
+                (number,) = await self._send([message], attempts)
+            except BaseException as exc:
+                self.tracing.record_failure(span, exc)
+                raise
+        item.task.sequence_number = number
+        return item.task
+
+    async def _send(self, messages: list[OutgoingMessage], attempts: int) -> list[int | None]:
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.broker.send(messages)
+            except BrokerError as exc:
+                if not exc.transient or attempt == attempts:
+                    raise PublishError(
+                        f"publishing {len(messages)} message(s) failed after {attempt} "
+                        f"attempt(s): {exc}"
+                    ) from exc
+                delay = PUBLISH_BACKOFF[min(attempt - 1, len(PUBLISH_BACKOFF) - 1)]
+                logger.warning(
+                    "Publish attempt %d/%d failed (%s); retrying in %.1fs",
+                    attempt,
+                    attempts,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

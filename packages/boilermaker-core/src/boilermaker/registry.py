@@ -1,0 +1,135 @@
+"""Registered task functions and the options they run with."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from boilermaker.exceptions import RegistrationError, UnknownTaskError
+from boilermaker.retries import RetryPolicy
+
+logger = logging.getLogger("boilermaker.app")
+
+TaskFunction = Callable[..., Awaitable[Any]]
+
+#: Options ``register_async`` and ``task()`` accept.
+REGISTRATION_OPTIONS = frozenset({"policy", "should_dead_letter", "acks_late", "name"})
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredFunction:
+    """A task function with the defaults its tasks are created with."""
+
+    fn: TaskFunction
+    name: str
+    policy: RetryPolicy
+    should_dead_letter: bool
+    acks_late: bool
+    signature: inspect.Signature | None
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError if ``fn(state, *args, **kwargs)`` would not bind."""
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(
+                f"task {self.name!r} cannot be called with these arguments: {exc}"
+            ) from None
+
+
+class Registry:
+    """Functions by registered name. A name maps to exactly one function."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, RegisteredFunction] = {}
+        self._by_fn: dict[object, RegisteredFunction] = {}
+
+    def register(self, fn: TaskFunction, **options: Any) -> RegisteredFunction:
+        """Register ``fn``; unknown options and non-async functions are errors."""
+        unknown = set(options) - REGISTRATION_OPTIONS
+        if unknown:
+            raise RegistrationError(
+                f"unknown registration option(s) {sorted(unknown)} for "
+                f"{getattr(fn, '__name__', fn)!r}; accepted: {sorted(REGISTRATION_OPTIONS)}"
+            )
+        if not callable(fn):
+            raise RegistrationError(f"{fn!r} is not callable")
+        target = inspect.unwrap(fn)
+        if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(fn):
+            raise RegistrationError(
+                f"{getattr(fn, '__name__', fn)!r} is not an async function; tasks must be "
+                "defined with 'async def'"
+            )
+        name = options.get("name") or getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not name:
+            raise RegistrationError(f"cannot tell the name of {fn!r}; pass name='...'")
+        policy = options.get("policy")
+        if policy is None:
+            policy = RetryPolicy.default()
+        if not isinstance(policy, RetryPolicy):
+            raise RegistrationError(f"policy for {name!r} must be a RetryPolicy, not {policy!r}")
+        for flag in ("should_dead_letter", "acks_late"):
+            if flag in options and not isinstance(options[flag], bool):
+                raise RegistrationError(f"{flag} for {name!r} must be True or False")
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None:
+            positional = [
+                p
+                for p in signature.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+            ]
+            if not positional:
+                raise RegistrationError(
+                    f"{name!r} must take the application state as its first parameter"
+                )
+        existing = self._by_name.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise RegistrationError(
+                f"a different function is already registered as {name!r} "
+                f"({existing.fn.__module__}.{existing.fn.__qualname__}); "
+                "register this one with name='...'"
+            )
+        entry = RegisteredFunction(
+            fn=fn,
+            name=name,
+            policy=policy,
+            should_dead_letter=options.get("should_dead_letter", True),
+            acks_late=options.get("acks_late", True),
+            signature=signature,
+        )
+        self._by_name[name] = entry
+        self._by_fn[fn] = entry
+        logger.info("Registered background function fn=%s", name)
+        return entry
+
+    def get(self, name: str) -> RegisteredFunction | None:
+        """The registration under ``name``, or None."""
+        return self._by_name.get(name)
+
+    def lookup(self, fn: TaskFunction | str) -> RegisteredFunction:
+        """The registration of ``fn`` (a function or its name); UnknownTaskError if absent."""
+        entry = self._by_name.get(fn) if isinstance(fn, str) else self._by_fn.get(fn)
+        if entry is None:
+            shown = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
+            raise UnknownTaskError(
+                f"{shown!r} is not registered; call app.register_async({shown}) first"
+            )
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._by_name)

@@ -1,0 +1,171 @@
+"""Task results and graph node records in a ResultsStore, under the published layout.
+
+    task-results/{graph_id}/graph.json           the graph's structure (immutable)
+    task-results/{graph_id}/{task_id}.json       one record per graph node
+    task-results/{graph_id}/graph-status.json    which sinks have settled (graph end)
+    task-results/{task_id}/{task_id}.json        a standalone task's result
+
+Records are JSON supersets of :class:`TaskResult`; blob index tags carry
+``graph_id``, ``status`` and ``created_date``. Updates are compare-and-swap
+on the ETag just read, retried on conflict, so concurrent workers never
+overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from boilermaker.ids import GraphId, TaskId
+from boilermaker.results_store import BlobExists, PreconditionFailed, ResultsStore
+from boilermaker.task.status import TaskResult, TaskStatus
+
+PREFIX = "task-results"
+
+
+def graph_blob(graph_id: str) -> str:
+    """Name of a graph's structure blob."""
+    return f"{PREFIX}/{graph_id}/graph.json"
+
+
+def node_blob(graph_id: str, task_id: str) -> str:
+    """Name of a graph node's record."""
+    return f"{PREFIX}/{graph_id}/{task_id}.json"
+
+
+def graph_status_blob(graph_id: str) -> str:
+    """Name of a graph's end-of-graph record."""
+    return f"{PREFIX}/{graph_id}/graph-status.json"
+
+
+def standalone_blob(task_id: str) -> str:
+    """Name of a standalone task's result."""
+    return f"{PREFIX}/{task_id}/{task_id}.json"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NodeRecord(TaskResult):
+    """A task's result plus the bookkeeping graph dispatch needs.
+
+    ``arrived`` maps each parent (or the failed task, for a failure handler)
+    that has settled to its outcome: ``success``, ``failed`` or ``skipped``.
+    ``skipped`` means the node will never run. ``claimed_by`` is the sequence
+    number of the message whose worker claimed the node.
+    """
+
+    attempt: int = 0
+    claimed_by: int | None = None
+    expected_message_id: str | None = None
+    arrived: dict[str, str] = Field(default_factory=dict)
+    failure_seen: bool = False
+    skipped: bool = False
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+    retry_at: datetime | None = None
+
+    @property
+    def outcome(self) -> str | None:
+        """What this node tells its dependents once settled, else None."""
+        if self.skipped:
+            return "skipped"
+        if self.status is TaskStatus.Success:
+            return "success"
+        if self.status.failed:
+            return "failed"
+        return None
+
+
+class GraphStatusRecord(NodeRecord):
+    """The end-of-graph record: which sinks settled, and whether anything failed."""
+
+
+def tags_for(record: TaskResult, created: datetime | None = None) -> dict[str, str]:
+    """Blob index tags of a record (graph_id, status, created_date)."""
+    tags = {
+        "status": str(record.status.value),
+        "created_date": (created or _now()).strftime("%Y-%m-%d"),
+    }
+    tags["graph_id"] = str(record.graph_id or record.task_id)
+    return tags
+
+
+def encode_record(record: NodeRecord) -> bytes:
+    """JSON bytes of a record; raises TypeError/ValueError if its result is not JSON."""
+    doc = record.model_dump(mode="json")
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+class Records:
+    """Typed, conditional access to node records in a ResultsStore."""
+
+    def __init__(self, store: ResultsStore) -> None:
+        self.store = store
+
+    async def get(self, name: str) -> tuple[NodeRecord, str] | None:
+        """The record and its ETag, or None."""
+        blob = await self.store.read(name)
+        if blob is None:
+            return None
+        try:
+            return NodeRecord.model_validate_json(blob.data), blob.etag
+        except ValidationError as exc:
+            raise ValueError(f"record {name} is not a valid task record: {exc}") from None
+
+    async def create(self, name: str, record: NodeRecord) -> bool:
+        """Write a record only if none exists; False if one was already there."""
+        try:
+            await self.store.write(
+                name, encode_record(record), tags=tags_for(record), create_only=True
+            )
+        except BlobExists:
+            return False
+        return True
+
+    async def put(self, name: str, record: NodeRecord, if_match: str | None) -> str:
+        """Write a record (compare-and-swap when ``if_match`` is given); returns the ETag."""
+        record.updated_at = _now()
+        return await self.store.write(
+            name,
+            encode_record(record),
+            tags=tags_for(record, record.created_at),
+            if_match=if_match,
+        )
+
+    async def update(
+        self, name: str, mutate: Callable[[NodeRecord], NodeRecord | None]
+    ) -> NodeRecord | None:
+        """Read-modify-write until it sticks. ``mutate`` returns None to leave it as is.
+
+        Returns the record as last written or read, or None if it does not exist.
+        """
+        while True:
+            got = await self.get(name)
+            if got is None:
+                return None
+            record, etag = got
+            changed = mutate(record.model_copy(deep=True))
+            if changed is None:
+                return record
+            try:
+                await self.put(name, changed, if_match=etag)
+            except PreconditionFailed:
+                continue
+            return changed
+
+
+def result_value(value: Any) -> Any:
+    """Check that a task's return value can be stored as JSON; returns it unchanged."""
+    json.dumps(value, allow_nan=False)
+    return value
+
+
+def new_record(task_id: TaskId, graph_id: GraphId | None, status: TaskStatus) -> NodeRecord:
+    """A fresh record."""
+    return NodeRecord(task_id=task_id, graph_id=graph_id, status=status)

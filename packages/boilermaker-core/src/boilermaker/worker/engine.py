@@ -1,0 +1,219 @@
+"""The worker loop: receive, run up to N tasks at once, keep locks alive, stop cleanly.
+
+    while running:
+        wait for a free slot
+        receive up to (free slots) messages      # the broker prefetches ahead
+        start a task per message                 # TaskRunner.handle settles it
+
+On SIGINT/SIGTERM (or :meth:`Worker.stop`) the loop stops receiving, gives
+in-flight tasks ``shutdown_grace`` seconds, then cancels what is left and
+abandons those messages so they are redelivered at once. A second signal
+skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from boilermaker.broker import BrokerError, ReceivedMessage
+from boilermaker.worker.lock_renewer import LockRenewer
+from boilermaker.worker.settings import WorkerSettings, WorkerStats
+from boilermaker.worker.task_run import TaskRunner
+
+if TYPE_CHECKING:
+    from boilermaker.app import Boilermaker
+
+logger = logging.getLogger("boilermaker.app")
+
+#: Pause after a failed receive before trying again (grows to RECEIVE_BACKOFF_MAX).
+RECEIVE_BACKOFF = 0.5
+RECEIVE_BACKOFF_MAX = 10.0
+
+
+class Worker:
+    """Runs an application's tasks from its broker (see module docstring)."""
+
+    def __init__(self, app: Boilermaker, settings: WorkerSettings | None = None) -> None:
+        if app.service_bus_client is None:
+            raise ValueError("a worker needs an application with a broker")
+        self.app = app
+        self.settings = settings or WorkerSettings()
+        self.stats = WorkerStats()
+        self._in_flight: dict[asyncio.Task[None], ReceivedMessage] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._force = False
+        self._signals = 0
+        self._last_empty_receive = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks running right now."""
+        return len(self._in_flight)
+
+    def stop(self) -> None:
+        """Stop receiving and shut down gracefully (a second call skips the grace period)."""
+        if self._stopping.is_set():
+            self._force = True
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        """Run until stopped."""
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        broker = self.app.service_bus_client
+        assert broker is not None
+        try:
+            async with broker.receiver(prefetch=self.settings.effective_prefetch) as receiver:
+                renewer = LockRenewer(receiver, self.settings, self.stats)
+                runner = TaskRunner(self.app, receiver, renewer, self.settings, self.stats)
+                renewer.start()
+                try:
+                    await self._receive_loop(receiver, runner)
+                finally:
+                    await self._drain_in_flight()
+                    await renewer.stop()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        logger.info("Worker stopped: %s", self.stats.as_dict())
+
+    async def run_until_idle(self, timeout: float = 30.0, idle_for: float = 0.05) -> None:
+        """Run until nothing is in flight, nothing is waiting, then stop.
+
+        On brokers that can tell (the in-memory one), scheduled messages (retries)
+        count as waiting. Raises TimeoutError after ``timeout`` seconds.
+        """
+        self.settings = self.settings.replace(receive_wait=min(self.settings.receive_wait, 0.05))
+        runner = asyncio.create_task(self.run())
+        deadline = time.monotonic() + timeout
+        is_idle = getattr(self.app.service_bus_client, "is_idle", None)
+        try:
+            while True:
+                await asyncio.sleep(min(idle_for, 0.02))
+                if runner.done():
+                    await runner
+                    return
+                quiet = (
+                    self.in_flight == 0
+                    and self._last_empty_receive > 0
+                    and time.monotonic() - self._last_empty_receive < idle_for * 4
+                )
+                if quiet and (is_idle is None or is_idle()):
+                    await asyncio.sleep(idle_for)
+                    if self.in_flight == 0 and (is_idle is None or is_idle()):
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"queue not drained within {timeout}s ({self.stats})")
+        finally:
+            self.stop()
+            await runner
+
+    # -- internals ------------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        if not self.settings.install_signal_handlers:
+            return []
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.warning(
+                "Received %s: stopping; in-flight tasks get %.0fs",
+                sig.name,
+                self.settings.shutdown_grace,
+            )
+        else:
+            logger.warning("Received %s again: stopping now", sig.name)
+        self.stop()
+
+    async def _receive_loop(self, receiver, runner: TaskRunner) -> None:  # type: ignore[no-untyped-def]
+        concurrency = self.settings.concurrency
+        backoff = RECEIVE_BACKOFF
+        while not self._stopping.is_set():
+            free = concurrency - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                messages = await self._receive(receiver, free)
+            except BrokerError as exc:
+                logger.error("Receiving failed (%s); retrying in %.1fs", exc, backoff)
+                await self._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, RECEIVE_BACKOFF_MAX)
+                continue
+            backoff = RECEIVE_BACKOFF
+            if not messages:
+                self._last_empty_receive = time.monotonic()
+                continue
+            for message in messages:
+                task = asyncio.create_task(runner.handle(message))
+                self._in_flight[task] = message
+                task.add_done_callback(self._task_done)
+            if len(self._in_flight) > self.stats.max_in_flight:
+                self.stats.max_in_flight = len(self._in_flight)
+
+    async def _receive(self, receiver, free: int) -> list[ReceivedMessage]:  # type: ignore[no-untyped-def]
+        wait = self.settings.receive_wait
+        receiving = asyncio.ensure_future(receiver.receive(free, wait))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if receiving in done:
+            return receiving.result()
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            got = await receiving
+            # Received just as we stopped: hand them straight back.
+            for message in got or []:
+                with contextlib.suppress(BrokerError):
+                    await receiver.abandon(message)
+        return []
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Task handler crashed", exc_info=task.exception())
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _drain_in_flight(self) -> None:
+        if not self._in_flight:
+            return
+        grace = 0.0 if self._force else self.settings.shutdown_grace
+        pending = set(self._in_flight)
+        logger.info("Waiting up to %.1fs for %d in-flight task(s)", grace, len(pending))
+        deadline = time.monotonic() + grace
+        while pending and not self._force:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            _done, pending = await asyncio.wait(pending, timeout=min(left, 0.1))
+        pending = {t for t in pending if not t.done()}
+        if pending:
+            logger.warning(
+                "Cancelling %d task(s) still running; their messages are abandoned", len(pending)
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
