@@ -8,7 +8,8 @@
 On SIGINT/SIGTERM (or :meth:`Worker.stop`) the loop stops receiving, gives
 in-flight tasks ``shutdown_grace`` seconds, then cancels what is left and
 abandons those messages so they are redelivered at once. A second signal
-skips the grace period.
+skips the grace period, and so does cancelling the task that runs
+:meth:`Worker.run`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class Worker:
                 renewer.start()
                 try:
                     await self._receive_loop(receiver, runner)
+                except asyncio.CancelledError:
+                    # Cancelling run() means stop now: no grace period; what is
+                    # still running is cancelled and its messages abandoned.
+                    self._force = True
+                    self._stopping.set()
+                    raise
                 finally:
                     await self._drain_in_flight()
                     await renewer.stop()
@@ -211,6 +218,9 @@ class Worker:
             _done, pending = await asyncio.wait(pending, timeout=min(left, 0.1))
         pending = {t for t in pending if not t.done()}
         if pending:
+            # A task cancelled before its first step never reaches the handler
+            # that abandons its message; let every one start first.
+            await asyncio.sleep(0)
             logger.warning(
                 "Cancelling %d task(s) still running; their messages are abandoned", len(pending)
             )

@@ -1,0 +1,264 @@
+"""The worker loop on the in-memory broker: concurrency, lock renewal, shutdown, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from boilermaker import Boilermaker, RetryException, RetryPolicy
+from boilermaker.memory import InMemoryBroker, QueueCounts
+from boilermaker.worker import Worker
+
+EMPTY = QueueCounts(active=0, scheduled=0, locked=0, dead_lettered=0)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until true; fail the test if it never is."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+def new_app(state: Any, **broker_options: Any) -> tuple[Boilermaker, InMemoryBroker]:
+    broker = InMemoryBroker(**broker_options)
+    return Boilermaker(state, broker), broker
+
+
+async def test_task_longer_than_lock_duration_completes_once_without_redelivery() -> None:
+    state = {"runs": 0}
+    app, broker = new_app(state, lock_duration=0.5)
+
+    async def slow(state: dict[str, int]) -> None:
+        state["runs"] += 1
+        await asyncio.sleep(2)
+
+    app.register_async(slow)
+    await app.apply_async(slow)
+    worker = await app.run_until_idle(timeout=15)
+
+    assert state["runs"] == 1
+    assert worker.stats.received == 1, "the message was redelivered"
+    assert worker.stats.succeeded == 1
+    assert worker.stats.locks_lost == 0
+    # 2 s of work under a 0.5 s lock renewed at half-life: several renewals.
+    assert worker.stats.lock_renewals >= 3
+    assert broker.counts() == EMPTY
+
+
+async def test_hundred_tasks_at_concurrency_ten_run_at_most_ten_at_once_and_reach_ten() -> None:
+    state = {"running": 0, "peak": 0, "done": 0}
+    app, broker = new_app(state)
+
+    async def work(state: dict[str, int], i: int) -> int:
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        await asyncio.sleep(0.02)
+        state["running"] -= 1
+        state["done"] += 1
+        return i
+
+    app.register_async(work)
+    await app.apply_many(work, [(i,) for i in range(100)])
+    worker = await app.run_until_idle(timeout=30, concurrency=10)
+
+    assert state["done"] == 100
+    assert state["peak"] == 10
+    assert worker.stats.max_in_flight == 10
+    assert broker.counts() == EMPTY
+
+
+async def test_loop_never_blocks_on_one_slow_task() -> None:
+    fast_done = asyncio.Event()
+    state: dict[str, Any] = {"fast": 0, "slow_saw_fast_finish": False}
+    app, broker = new_app(state)
+
+    async def slow(state: dict[str, Any]) -> None:
+        # Finishes only once every fast task is done; if the loop waited on this
+        # task, the fast ones would never run and this would time out.
+        await asyncio.wait_for(fast_done.wait(), 10)
+        state["slow_saw_fast_finish"] = True
+
+    async def fast(state: dict[str, Any]) -> None:
+        state["fast"] += 1
+        if state["fast"] == 30:
+            fast_done.set()
+
+    app.register_many_async([slow, fast])
+    await app.apply_async(slow)
+    await app.apply_many(fast, [() for _ in range(30)])
+    worker = await app.run_until_idle(timeout=15, concurrency=4)
+
+    assert state["slow_saw_fast_finish"] is True
+    assert state["fast"] == 30
+    assert worker.stats.failed == 0
+    assert broker.counts() == EMPTY
+
+
+def _sleepers(app: Boilermaker, state: dict[str, Any], seconds: float) -> Any:
+    async def sleeper(state: dict[str, Any], i: int) -> None:
+        state["started"].add(i)
+        await asyncio.sleep(seconds)
+        state["finished"].append(i)
+
+    app.register_async(sleeper)
+    return sleeper
+
+
+async def _rerun_and_check_none_lost(app: Boilermaker, broker: InMemoryBroker, n: int) -> None:
+    state = app.state
+    await app.run_until_idle(timeout=20, concurrency=n)
+    assert set(state["finished"]) == set(range(n)), "a task never ran to completion"
+    assert broker.counts() == EMPTY
+
+
+async def test_stop_with_no_grace_abandons_in_flight_messages_and_none_are_lost() -> None:
+    state: dict[str, Any] = {"started": set(), "finished": []}
+    app, broker = new_app(state, lock_duration=30)
+    sleeper = _sleepers(app, state, 0.5)
+    await app.apply_many(sleeper, [(i,) for i in range(10)])
+
+    worker = app.worker(concurrency=5, shutdown_grace=0, install_signal_handlers=False)
+    runner = asyncio.create_task(worker.run())
+    await wait_until(lambda: len(state["started"]) == 5)
+    worker.stop()
+    await runner
+
+    assert state["finished"] == []
+    assert worker.stats.abandoned == 5
+    # Abandoned messages are available again at once (the lock is 30 s).
+    assert broker.counts() == QueueCounts(active=10, scheduled=0, locked=0, dead_lettered=0)
+    await _rerun_and_check_none_lost(app, broker, 10)
+
+
+async def test_cancelling_the_run_task_abandons_in_flight_messages_at_once() -> None:
+    state: dict[str, Any] = {"started": set(), "finished": []}
+    app, broker = new_app(state, lock_duration=30)
+    sleeper = _sleepers(app, state, 1)
+    await app.apply_many(sleeper, [(i,) for i in range(8)])
+
+    # A long grace period: cancellation must not wait for it.
+    worker = app.worker(concurrency=4, shutdown_grace=60, install_signal_handlers=False)
+    runner = asyncio.create_task(worker.run())
+    await wait_until(lambda: len(state["started"]) == 4)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+
+    assert state["finished"] == [], "cancelled tasks kept running to completion"
+    assert worker.in_flight == 0
+    assert broker.counts() == QueueCounts(active=8, scheduled=0, locked=0, dead_lettered=0)
+    await _rerun_and_check_none_lost(app, broker, 8)
+
+
+async def test_grace_period_lets_short_tasks_finish() -> None:
+    state: dict[str, Any] = {"started": set(), "finished": []}
+    app, broker = new_app(state, lock_duration=30)
+    sleeper = _sleepers(app, state, 0.3)
+    await app.apply_many(sleeper, [(i,) for i in range(8)])
+
+    worker = app.worker(concurrency=4, shutdown_grace=10, install_signal_handlers=False)
+    runner = asyncio.create_task(worker.run())
+    await wait_until(lambda: len(state["started"]) == 4)
+    worker.stop()
+    await runner
+
+    assert sorted(state["finished"]) == sorted(state["started"])
+    assert len(state["finished"]) == 4
+    assert worker.stats.abandoned == 0
+    # The four never received are still there; nothing is locked.
+    assert broker.counts() == QueueCounts(active=4, scheduled=0, locked=0, dead_lettered=0)
+
+
+def _sigterm_handler_installed() -> bool:
+    return signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+async def test_sigterm_stops_the_worker_gracefully(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="boilermaker.app")
+    state: dict[str, Any] = {"started": set(), "finished": []}
+    app, broker = new_app(state, lock_duration=30)
+    sleeper = _sleepers(app, state, 0.3)
+    await app.apply_many(sleeper, [(i,) for i in range(6)])
+
+    runner = asyncio.create_task(
+        app.run(concurrency=3, shutdown_grace=10, install_signal_handlers=True)
+    )
+    await wait_until(lambda: len(state["started"]) == 3)
+    assert _sigterm_handler_installed(), "the worker did not install a SIGTERM handler"
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(runner, 10)
+
+    assert len(state["finished"]) == 3
+    assert broker.counts() == QueueCounts(active=3, scheduled=0, locked=0, dead_lettered=0)
+    assert any("Received SIGTERM" in r.getMessage() for r in caplog.records)
+    assert not _sigterm_handler_installed(), "the SIGTERM handler was left installed"
+
+
+async def test_second_sigterm_skips_the_grace_period(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="boilermaker.app")
+    state: dict[str, Any] = {"started": set(), "finished": []}
+    app, broker = new_app(state, lock_duration=30)
+    sleeper = _sleepers(app, state, 30)
+    await app.apply_many(sleeper, [(i,) for i in range(3)])
+
+    runner = asyncio.create_task(
+        app.run(concurrency=3, shutdown_grace=60, install_signal_handlers=True)
+    )
+    await wait_until(lambda: len(state["started"]) == 3)
+    assert _sigterm_handler_installed()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    assert not runner.done(), "the first signal should wait for in-flight tasks"
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(runner, 10)
+
+    assert state["finished"] == []
+    assert broker.counts() == QueueCounts(active=3, scheduled=0, locked=0, dead_lettered=0)
+    assert any("again" in r.getMessage() for r in caplog.records)
+
+
+async def test_run_until_idle_drains_scheduled_retries() -> None:
+    state = {"runs": 0}
+    app, broker = new_app(state)
+
+    @app.task(policy=RetryPolicy(max_tries=3, delay=1))
+    async def flaky(state: dict[str, int]) -> str:
+        state["runs"] += 1
+        if state["runs"] < 3:
+            raise RetryException("not yet")
+        return "ok"
+
+    await app.apply_async(flaky)
+    worker = await app.run_until_idle(timeout=15)
+
+    assert state["runs"] == 3
+    assert worker.stats.retried == 2
+    assert worker.stats.succeeded == 1
+    assert broker.counts() == EMPTY
+
+
+async def test_run_until_idle_times_out_when_the_queue_never_drains() -> None:
+    app, broker = new_app({})
+
+    @app.task(policy=RetryPolicy(max_tries=5, delay=60))
+    async def later(state: Any) -> None:
+        raise RetryException("wait a minute")
+
+    await app.apply_async(later)
+    with pytest.raises(TimeoutError):
+        await app.run_until_idle(timeout=0.5)
+    assert broker.counts().scheduled == 1
+
+
+def test_worker_needs_an_application_with_a_broker() -> None:
+    with pytest.raises(ValueError, match="broker"):
+        Worker(Boilermaker({}))
