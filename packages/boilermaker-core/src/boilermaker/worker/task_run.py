@@ -362,6 +362,9 @@ class TaskRunner:
             self.stats.settlement_errors += 1
             logger.error("%s: could not %s its message: %s", label, action, exc)
             return False
+        # A settled message has no lock left to renew (acks_early settles before
+        # the task runs; renewing then would report a lost lock).
+        self.renewer.untrack(message)
         return True
 
     async def _abandon_after_cancel(self, message: ReceivedMessage, label: str) -> None:
