@@ -502,9 +502,11 @@ async def test_lost_lock_is_logged_with_the_task_id_and_the_worker_keeps_going(
     # The lock lapsed, so the message came back and ran again.
     assert state["runs"] == 2
     lost = [r.getMessage() for r in caplog.records if "lock was lost" in r.getMessage()]
-    assert lost and all(task.task_id in m for m in lost)
+    assert lost
+    assert all(task.task_id in m for m in lost)
     gave_up = [r for r in caplog.records if "lock renewal limit" in r.getMessage()]
-    assert gave_up and task.task_id in gave_up[0].getMessage()
+    assert gave_up
+    assert task.task_id in gave_up[0].getMessage()
     assert broker.counts() == EMPTY
 
 
@@ -537,7 +539,7 @@ async def test_warning_is_logged_when_a_task_nears_max_lock_renewal(
 
 async def test_get_result_returns_a_standalone_tasks_value() -> None:
     store = InMemoryResultsStore()
-    app, broker = new_app(store=store)
+    app, _broker = new_app(store=store)
 
     @app.task()
     async def add(state: Any, a: int, b: int) -> dict[str, int]:
@@ -575,7 +577,8 @@ async def test_non_json_result_fails_the_task_with_a_clear_error() -> None:
     assert "not JSON-serializable" in (message.dead_letter_description or "")
     result = await app.get_result(task)
     assert result.status is TaskStatus.Failure
-    assert result.errors and "not JSON-serializable" in result.errors[0]
+    assert result.errors
+    assert "not JSON-serializable" in result.errors[0]
 
 
 async def test_acks_early_task_longer_than_the_lock_reports_no_lost_lock(
