@@ -391,10 +391,10 @@ class InMemoryBroker:
     async def _dead_letter(
         self, sub_queue: SubQueue, message: ReceivedMessage, reason: str, description: str
     ) -> None:
-        stored = self._take_lock(sub_queue, message)
-        self._state(sub_queue).locked.pop(stored.lock_token or "")
         if sub_queue is SubQueue.DeadLetter:
             raise BrokerError("a dead-lettered message cannot be dead-lettered again")
+        stored = self._take_lock(sub_queue, message)
+        self._state(sub_queue).locked.pop(stored.lock_token or "")
         stored.lock_token = None
         stored.locked_until = None
         stored.dead_letter_reason = reason
