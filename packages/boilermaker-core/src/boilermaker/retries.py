@@ -107,30 +107,42 @@ class RetryException(Exception):
 class RetryExceptionDefault(RetryException):
     """Retry with :meth:`RetryPolicy.default` (5 tries, 120 s apart)."""
 
-    def __init__(self, msg: str = "", **_: Any) -> None:
+    def __init__(self, msg: str = "") -> None:
         super().__init__(msg, policy=RetryPolicy.default())
 
 
 class RetryExceptionDefaultExponential(RetryException):
-    """Retry with exponential backoff: 5 tries, from 30 s up to 10 minutes, jittered."""
+    """Retry with exponential backoff: 5 tries, from 30 s up to 10 minutes, jittered.
 
-    def __init__(self, msg: str = "", **_: Any) -> None:
-        super().__init__(
-            msg,
-            policy=RetryPolicy(
-                max_tries=5, delay=30, delay_max=600, retry_mode=RetryMode.Exponential
-            ),
-        )
+    Keyword arguments (any :class:`RetryPolicy` field) override those defaults.
+    """
+
+    def __init__(self, msg: str = "", **overrides: Any) -> None:
+        settings: dict[str, Any] = {
+            "max_tries": 5,
+            "delay": 30,
+            "delay_max": 600,
+            "retry_mode": RetryMode.Exponential,
+        }
+        settings.update(overrides)
+        super().__init__(msg, policy=RetryPolicy(**settings))
 
 
 class RetryExceptionDefaultLinear(RetryException):
-    """Retry with linear backoff: 5 tries, 30 s more each time, up to 10 minutes."""
+    """Retry with linear backoff: 5 tries, 30 s more each time, up to 10 minutes.
 
-    def __init__(self, msg: str = "", **_: Any) -> None:
-        super().__init__(
-            msg,
-            policy=RetryPolicy(max_tries=5, delay=30, delay_max=600, retry_mode=RetryMode.Linear),
-        )
+    Keyword arguments (any :class:`RetryPolicy` field) override those defaults.
+    """
+
+    def __init__(self, msg: str = "", **overrides: Any) -> None:
+        settings: dict[str, Any] = {
+            "max_tries": 5,
+            "delay": 30,
+            "delay_max": 600,
+            "retry_mode": RetryMode.Linear,
+        }
+        settings.update(overrides)
+        super().__init__(msg, policy=RetryPolicy(**settings))
 
 
 __all__ = [
