@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import Span
+
 from boilermaker.broker import BrokerError, MessageLockLost, ReceivedMessage, Receiver
 from boilermaker.envelope import decode_task
 from boilermaker.exceptions import InvalidTaskFormat
@@ -144,24 +146,28 @@ class TaskRunner:
                 return
 
         task.attempts.inc()
-        outcome = await self._run(task, entry.fn, message)
-        await self._conclude(message, task, outcome, label)
-
-    async def _run(self, task: Task, fn: Any, message: ReceivedMessage) -> Outcome:
-        name = task.function_name
-        logger.info("[%s] Begin Task sequence_number=%s", name, message.sequence_number)
-        started = time.perf_counter()
         with self.app.tracing.run_span(
             task, message.application_properties, message.delivery_count
         ) as span:
-            try:
-                result = await fn(self.app.state, *task.args, **task.kwargs)
-            except RetryException as exc:
-                self.app.tracing.record_failure(span, exc)
-                return Outcome(TaskStatus.Retry, error=exc)
-            except Exception as exc:
-                self.app.tracing.record_failure(span, exc)
-                return Outcome(TaskStatus.Failure, error=exc)
+            outcome = await self._run(task, entry.fn, message, span)
+            # Follow-up messages (chain, retry, graph children) are published
+            # inside the consumer span, so their traces continue this run's.
+            await self._conclude(message, task, outcome, label)
+
+    async def _run(
+        self, task: Task, fn: Any, message: ReceivedMessage, span: Span | None
+    ) -> Outcome:
+        name = task.function_name
+        logger.info("[%s] Begin Task sequence_number=%s", name, message.sequence_number)
+        started = time.perf_counter()
+        try:
+            result = await fn(self.app.state, *task.args, **task.kwargs)
+        except RetryException as exc:
+            self.app.tracing.record_failure(span, exc)
+            return Outcome(TaskStatus.Retry, error=exc)
+        except Exception as exc:
+            self.app.tracing.record_failure(span, exc)
+            return Outcome(TaskStatus.Failure, error=exc)
         elapsed = time.perf_counter() - started
         if result is TaskFailureResult or isinstance(result, TaskFailureResult):
             reason = getattr(result, "reason", "task returned TaskFailureResult")
