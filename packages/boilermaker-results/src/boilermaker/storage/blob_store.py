@@ -221,6 +221,11 @@ class BlobClientStorage:
         return self._container
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    @property
     def container_name(self) -> str:
         """The results container."""
         return self.location.container_name
