@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from boilermaker.storage import BlobClientStorage
@@ -12,5 +10,5 @@ from tests.contracts.results_store_contract import ResultsStoreContract
 
 class TestBlobClientStorageContract(ResultsStoreContract):
     @pytest.fixture
-    async def results_store(self, blob_store: BlobClientStorage) -> AsyncIterator[BlobClientStorage]:
-        yield blob_store
+    def results_store(self, blob_store: BlobClientStorage) -> BlobClientStorage:
+        return blob_store
