@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from boilermaker.exceptions import InvalidTaskFormat, MessageTooLarge
+from boilermaker.retries import RetryAttempts, RetryPolicy
 from boilermaker.task.task import Task
 
 ENVELOPE_KEY = "boilermaker"
@@ -26,7 +27,8 @@ CONTENT_TYPE = "application/json"
 #: Bytes reserved for the broker's own headers and properties when checking sizes.
 MESSAGE_OVERHEAD = 1024
 
-_LEGACY_KEYS = frozenset({"task_id", "function_name", "payload"})
+#: Fields every 1.x release wrote (early ones had no ``task_id``; one is then assigned).
+_LEGACY_KEYS = frozenset({"function_name", "attempts", "policy", "payload"})
 
 
 def encode_task(task: Task) -> bytes:
@@ -59,8 +61,11 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
     except UnicodeDecodeError as exc:
         raise InvalidTaskFormat(f"message body is not UTF-8 text: {exc}") from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except InvalidTaskFormat:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers past the digit limit.
         raise InvalidTaskFormat(f"message body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidTaskFormat(f"message body is JSON {type(doc).__name__}, not an envelope")
@@ -80,6 +85,8 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
         raise InvalidTaskFormat("message body is JSON but not a Boilermaker task envelope")
     try:
         return Task.model_validate(_drop_unknown(task_doc))
+    except RecursionError:
+        raise InvalidTaskFormat("task in envelope is nested too deeply") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
@@ -87,12 +94,24 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
         raise InvalidTaskFormat(f"task in envelope is invalid: {problems}") from None
 
 
+def _refuse_constant(name: str) -> Any:
+    """``NaN`` and ``Infinity`` are not JSON, and would not survive re-publishing."""
+    raise InvalidTaskFormat(f"message body is not strict JSON: it contains {name}")
+
+
 _TASK_FIELDS = frozenset(Task.model_fields)
+_NESTED_FIELDS = {
+    "policy": frozenset(RetryPolicy.model_fields),
+    "attempts": frozenset(RetryAttempts.model_fields),
+}
 
 
 def _drop_unknown(doc: dict[str, Any]) -> dict[str, Any]:
     """Ignore fields from newer minor versions, recursively through chained tasks."""
     out = {k: v for k, v in doc.items() if k in _TASK_FIELDS}
+    for key, known in _NESTED_FIELDS.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k in known}
     for key in ("on_success", "on_failure"):
         if isinstance(out.get(key), dict):
             out[key] = _drop_unknown(out[key])

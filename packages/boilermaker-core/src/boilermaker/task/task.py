@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from boilermaker.ids import GraphId, TaskId, new_task_id
 from boilermaker.retries import RetryAttempts, RetryPolicy
@@ -31,7 +31,7 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: TaskId = Field(default_factory=new_task_id)
+    task_id: TaskId = Field(default_factory=new_task_id, min_length=1)
     should_dead_letter: bool = True
     acks_late: bool = True
     function_name: str = Field(min_length=1)
@@ -43,6 +43,20 @@ class Task(BaseModel):
     on_success: Task | None = None
     on_failure: Task | None = None
     sequence_number: int | None = Field(default=None, exclude=True)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_shape(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        """``{"args": [...], "kwargs": {...}}``; 1.x could write ``{}``, so both may be absent."""
+        args = payload.get("args", [])
+        if isinstance(args, tuple):
+            payload = {**payload, "args": list(args)}
+        elif not isinstance(args, list):
+            raise ValueError(f"payload 'args' must be a list, not {type(args).__name__}")
+        kwargs = payload.get("kwargs", {})
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ValueError("payload 'kwargs' must be an object with string keys")
+        return payload
 
     @classmethod
     def si(
