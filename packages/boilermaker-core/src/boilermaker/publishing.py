@@ -17,6 +17,7 @@ from typing import Any
 from boilermaker.broker import Broker, BrokerError, OutgoingMessage
 from boilermaker.envelope import CONTENT_TYPE, MESSAGE_OVERHEAD, encode_task
 from boilermaker.exceptions import MessageTooLarge, PublishError
+from boilermaker.task.serialize import check_arguments
 from boilermaker.task.task import Task
 from boilermaker.tracing import Tracing
 
@@ -53,6 +54,24 @@ def batches_by_size(messages: Sequence[OutgoingMessage], limit: int) -> list[lis
     return batches
 
 
+def check_chain_arguments(task: Task) -> None:
+    """Check the arguments of ``task`` and of every task chained to it are JSON.
+
+    Tasks built with ``create_task`` or ``Task.si`` were checked already; this
+    catches tasks built or changed by hand, which would otherwise be encoded
+    lossily (a datetime as a string, NaN as null) instead of refused.
+    """
+    pending: list[Task] = [task]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue  # one failure handler shared by a whole chain
+        seen.add(id(current))
+        check_arguments(current.function_name, current.args, current.kwargs)
+        pending.extend(t for t in (current.on_success, current.on_failure) if t is not None)
+
+
 class Publisher:
     """Encodes tasks into envelopes and sends them on a broker."""
 
@@ -71,6 +90,7 @@ class Publisher:
         if task.graph_id:
             properties["boilermaker_graph_id"] = str(task.graph_id)
         self.tracing.inject(task, properties)
+        check_chain_arguments(task)
         body = encode_task(task)
         limit = self.broker.max_message_size
         size = len(body) + MESSAGE_OVERHEAD
@@ -92,6 +112,9 @@ class Publisher:
         if not items:
             return []
         if self.tracing.enabled:
+            # One span (and send) per task; still refuse the lot before sending any.
+            for item in items:
+                self.to_message(item)
             return [await self._publish_traced(item, attempts) for item in items]
         messages = [self.to_message(item) for item in items]
         numbers: list[int | None] = []

@@ -10,25 +10,34 @@ from typing import Any
 from boilermaker.exceptions import ArgumentNotSerializable
 
 
-def _first_bad(value: Any, path: str) -> tuple[str, Any, str] | None:
-    """Depth-first search for the first part of ``value`` that is not JSON."""
+def _first_bad(
+    value: Any, path: str, active: frozenset[int] = frozenset()
+) -> tuple[str, Any, str] | None:
+    """Depth-first search for the first part of ``value`` that is not JSON.
+
+    ``active`` holds the ids of the containers being walked, to catch cycles.
+    """
     if value is None or isinstance(value, bool | int | str):
         return None
     if isinstance(value, float):
         if math.isfinite(value):
             return None
         return path, value, "NaN and infinity are not JSON"
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in active:
+            return path, value, "it contains itself (a circular reference)"
+        active = active | {id(value)}
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{path}[{key!r}]", key, "object keys must be strings"
-            found = _first_bad(item, f"{path}[{key!r}]")
+            found = _first_bad(item, f"{path}[{key!r}]", active)
             if found:
                 return found
         return None
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = _first_bad(item, f"{path}[{index}]")
+            found = _first_bad(item, f"{path}[{index}]", active)
             if found:
                 return found
         return None
@@ -37,12 +46,13 @@ def _first_bad(value: Any, path: str) -> tuple[str, Any, str] | None:
 
 def check_arguments(function_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Raise :class:`ArgumentNotSerializable` naming the first argument that is not JSON."""
-    for index, arg in enumerate(args):
-        found = _first_bad(arg, f"args[{index}]")
-        if found:
-            raise ArgumentNotSerializable(function_name, *found)
-    for key, arg in kwargs.items():
-        found = _first_bad(arg, f"kwargs[{key!r}]")
+    named = [(f"args[{index}]", arg) for index, arg in enumerate(args)]
+    named += [(f"kwargs[{key!r}]", arg) for key, arg in kwargs.items()]
+    for path, arg in named:
+        try:
+            found = _first_bad(arg, path)
+        except RecursionError:
+            found = (path, arg, "it is nested too deeply")
         if found:
             raise ArgumentNotSerializable(function_name, *found)
 
