@@ -1,0 +1,136 @@
+"""``AzureServiceBus``: the Broker protocol on one Azure Service Bus queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from boilermaker.broker import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    OutgoingMessage,
+    ReceivedMessage,
+    ReceiveMode,
+    SubQueue,
+)
+from boilermaker.config import Config, ConfigError
+from boilermaker.service_bus.connection import ServiceBusTarget
+from boilermaker.service_bus.receiver import ServiceBusQueueReceiver
+from boilermaker.service_bus.sender import BatchingSender
+
+logger = logging.getLogger("boilermaker.service_bus")
+
+#: Bodies of the readiness messages that connection pools (aio-azure-clients-toolbox,
+#: and so the published boilermaker 1.x) publish into the queue they send to.
+READINESS_BODIES = frozenset({b"Connection established"})
+
+
+class AzureServiceBus:
+    """A Service Bus queue to publish tasks to and receive them from.
+
+    Connect with a connection string (also serves the local emulator) or a
+    namespace URL plus a credential (``DefaultAzureCredential`` by default,
+    managed identity excluded unless ``include_msi`` or
+    ``AZURE_CREDENTIAL_INCLUDE_MSI``).
+    """
+
+    def __init__(
+        self,
+        service_bus_namespace_url: str | None = None,
+        service_bus_queue_name: str | None = None,
+        credential: Any = None,
+        *,
+        connection_string: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        include_msi: bool | None = None,
+        config: Config | None = None,
+        sender_pool_size: int = 2,
+    ) -> None:
+        if not service_bus_queue_name:
+            raise ConfigError(
+                "no queue name: set SERVICE_BUS_QUEUE_NAME or pass service_bus_queue_name"
+            )
+        self.queue_name = service_bus_queue_name
+        self.target = ServiceBusTarget(
+            namespace_url=service_bus_namespace_url,
+            connection_string=connection_string,
+            credential=credential,
+            include_msi=include_msi,
+        )
+        self.config = config
+        self._max_message_size = max_message_size
+        self._sender = BatchingSender(
+            self.target,
+            self.queue_name,
+            pool_size=sender_pool_size,
+            max_batch_size=max_message_size,
+        )
+
+    @classmethod
+    def from_config(cls, config: Config) -> AzureServiceBus:
+        """Build from :class:`boilermaker.config.Config` (environment variables)."""
+        connection_string = (
+            config.service_bus_connection_string.get_secret_value()
+            if config.service_bus_connection_string
+            else None
+        )
+        return cls(
+            config.service_bus_namespace_url,
+            config.service_bus_queue_name,
+            config.service_bus_credential,
+            connection_string=connection_string,
+            max_message_size=config.max_message_size,
+            include_msi=config.azure_credential_include_msi,
+            config=config,
+        )
+
+    @classmethod
+    def from_connection_string(
+        cls, connection_string: str, queue_name: str, **kwargs: Any
+    ) -> AzureServiceBus:
+        """Build from a connection string (Azure or the local emulator)."""
+        return cls(None, queue_name, connection_string=connection_string, **kwargs)
+
+    # -- Broker protocol ------------------------------------------------------------------
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message the queue accepts (bytes)."""
+        return self._max_message_size
+
+    @property
+    def sender(self) -> BatchingSender:
+        """The batching sender (its counters show transfers and schedule calls)."""
+        return self._sender
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        """Send, batching immediate messages; scheduled ones report sequence numbers."""
+        return await self._sender.send(messages)
+
+    async def cancel_scheduled(self, sequence_numbers: Sequence[int]) -> None:
+        """Cancel scheduled messages."""
+        await self._sender.cancel_scheduled(sequence_numbers)
+
+    def receiver(
+        self,
+        *,
+        prefetch: int = 0,
+        sub_queue: SubQueue = SubQueue.Main,
+        receive_mode: ReceiveMode = ReceiveMode.PeekLock,
+    ) -> ServiceBusQueueReceiver:
+        """A receiver for the queue or its dead-letter sub-queue (``async with``)."""
+        return ServiceBusQueueReceiver(
+            self.target,
+            self.queue_name,
+            prefetch=prefetch,
+            sub_queue=sub_queue,
+            receive_mode=receive_mode,
+        )
+
+    def is_control_message(self, message: ReceivedMessage) -> bool:
+        """True for connection-pool readiness messages, which are not tasks."""
+        return message.body in READINESS_BODIES
+
+    async def close(self) -> None:
+        """Close pooled sender connections."""
+        await self._sender.close()

@@ -1,0 +1,71 @@
+"""Mapping azure-servicebus exceptions onto core's broker errors.
+
+Core decides what to retry from ``BrokerError.transient``; this module only
+says which SDK failures are worth trying again. Authentication, size and
+missing-entity errors never are, whatever the SDK's own ``retryable`` says.
+"""
+
+from __future__ import annotations
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError
+from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
+    MessageLockLostError,
+    MessageNotFoundError,
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+    ServiceBusQuotaExceededError,
+)
+
+from boilermaker.broker import (
+    BrokerAuthenticationError,
+    BrokerError,
+    BrokerMessageSizeExceeded,
+    MessageLockLost,
+)
+
+
+class EntityNotFound(BrokerError):
+    """The queue does not exist in the namespace."""
+
+    transient = False
+
+
+class PermanentBrokerError(BrokerError):
+    """A Service Bus error that trying again will not fix."""
+
+    transient = False
+
+
+def translate(exc: BaseException, action: str) -> BrokerError:
+    """The core error for an SDK failure while doing ``action``."""
+    text = f"{action}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, MessageLockLostError | MessageAlreadySettled | MessageNotFoundError):
+        return MessageLockLost(text)
+    if isinstance(
+        exc,
+        ServiceBusAuthenticationError | ServiceBusAuthorizationError | ClientAuthenticationError,
+    ):
+        return BrokerAuthenticationError(text)
+    if isinstance(exc, MessageSizeExceededError):
+        return BrokerMessageSizeExceeded(text)
+    if isinstance(exc, MessagingEntityNotFoundError):
+        return EntityNotFound(text)
+    if isinstance(exc, ServiceBusQuotaExceededError):
+        return PermanentBrokerError(text)
+    if isinstance(exc, ServiceBusError | AzureError | OSError | TimeoutError):
+        return BrokerError(text)
+    return PermanentBrokerError(text)
+
+
+#: Exceptions from the SDK (and its transport) that :func:`translate` handles.
+SDK_ERRORS: tuple[type[BaseException], ...] = (
+    ServiceBusError,
+    AzureError,
+    MessageAlreadySettled,
+    OSError,
+    TimeoutError,
+)

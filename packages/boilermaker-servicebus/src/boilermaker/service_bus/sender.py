@@ -1,0 +1,307 @@
+"""Publishing through a pooled SDK sender, batching whatever is waiting.
+
+Connections come from ``aio-azure-clients-toolbox``'s connection pool, with
+our own connector: its readiness check opens the link and sends nothing (the
+toolbox's own check publishes a "ready" message into the work queue).
+
+Concurrent publishers do not each take a turn on the link: their messages
+join a queue that one coroutine sends, packing everything waiting into
+size-bounded batches (one AMQP transfer per batch). Immediate messages are
+plain sends; only messages that must report a sequence number (scheduled
+ones) use the management link's ``schedule-message``. The driver keeps its
+pooled connection while messages keep coming, so the pool's per-checkout
+cost is paid once per burst, not once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from aio_azure_clients_toolbox import connection_pooling
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeoutError
+
+from boilermaker.broker import BrokerError, OutgoingMessage
+from boilermaker.service_bus.connection import ServiceBusTarget
+from boilermaker.service_bus.errors import SDK_ERRORS, translate
+from boilermaker.service_bus.messages import to_sdk
+
+logger = logging.getLogger("boilermaker.service_bus")
+
+T = TypeVar("T")
+
+#: Seconds the send driver keeps its pooled connection after the last message.
+LINGER = 1.0
+#: Per-operation timeout for a send or schedule call (seconds).
+SEND_TIMEOUT = 10.0
+#: A last-resort bound on an SDK call that never returns (its own timeout failed).
+HARD_TIMEOUT = SEND_TIMEOUT + 5.0
+#: Bytes kept free in each batch for AMQP framing the SDK does not count.
+BATCH_MARGIN = 1024
+
+
+async def _bounded(call: Awaitable[T]) -> T:
+    """Await an SDK call, giving up after HARD_TIMEOUT seconds."""
+    try:
+        return await asyncio.wait_for(call, HARD_TIMEOUT)
+    except TimeoutError as exc:
+        raise OperationTimeoutError(message=f"no answer within {HARD_TIMEOUT}s") from exc
+
+
+class _PooledSender:
+    """A sender link plus the client (and credential) that own it."""
+
+    def __init__(self, client: ServiceBusClient, credential: Any, sender: ServiceBusSender) -> None:
+        self.client = client
+        self.credential = credential
+        self.sender = sender
+
+    async def close(self) -> None:
+        for closer in (self.sender.close, self.client.close):
+            with contextlib.suppress(*SDK_ERRORS):
+                await closer()
+        if self.credential is not None:
+            with contextlib.suppress(*SDK_ERRORS):
+                await self.credential.close()
+
+
+class SenderConnector(connection_pooling.AbstractorConnector):
+    """Creates sender links for the toolbox pool; ready = link attached, nothing sent."""
+
+    def __init__(self, target: ServiceBusTarget, queue_name: str) -> None:
+        self.target = target
+        self.queue_name = queue_name
+
+    async def create(self) -> connection_pooling.AbstractConnection:
+        client, credential = self.target.client()
+        sender = client.get_queue_sender(queue_name=self.queue_name)
+        return cast(
+            connection_pooling.AbstractConnection, _PooledSender(client, credential, sender)
+        )
+
+    async def ready(self, connection: connection_pooling.AbstractConnection) -> bool:
+        pooled = cast(_PooledSender, connection)
+        try:
+            await pooled.sender.__aenter__()
+        except SDK_ERRORS as exc:
+            error = translate(exc, f"opening a sender on {self.queue_name}")
+            if not error.transient:
+                raise error from exc
+            logger.warning("Sender readiness failed: %s", error)
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class _Request:
+    messages: Sequence[OutgoingMessage]
+    future: asyncio.Future[list[int | None]]
+
+
+class BatchingSender:
+    """Sends messages for many concurrent callers through one pooled link at a time."""
+
+    def __init__(
+        self,
+        target: ServiceBusTarget,
+        queue_name: str,
+        pool_size: int = 2,
+        max_batch_size: int = 256 * 1024,
+    ) -> None:
+        self.queue_name = queue_name
+        self.max_batch_size = max_batch_size
+        self._connector = SenderConnector(target, queue_name)
+        self._pool = connection_pooling.ConnectionPool(
+            self._connector, client_limit=1, max_size=pool_size, max_idle_seconds=200
+        )
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._driver: asyncio.Task[None] | None = None
+        self.transfers = 0
+        self.schedule_calls = 0
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        """Send (or schedule) messages; sequence numbers for scheduled ones."""
+        if not messages:
+            return []
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.create_task(
+                self._drive(), name=f"servicebus-sender-{self.queue_name}"
+            )
+        future: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(messages, future))
+        return await future
+
+    async def cancel_scheduled(self, sequence_numbers: Sequence[int]) -> None:
+        """Cancel scheduled messages by sequence number."""
+        async with self._connection() as pooled:
+            try:
+                await pooled.sender.cancel_scheduled_messages(
+                    list(sequence_numbers), timeout=SEND_TIMEOUT
+                )
+            except SDK_ERRORS as exc:
+                raise translate(exc, f"cancelling scheduled messages on {self.queue_name}") from exc
+
+    async def close(self) -> None:
+        """Stop the driver (after what is queued) and close pooled connections."""
+        if self._driver is not None:
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+            self._driver = None
+        while not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.future.done():
+                request.future.set_exception(BrokerError("sender closed before sending"))
+        await self._pool.closeall()
+
+    def _connection(self) -> AbstractAsyncContextManager[_PooledSender]:
+        return cast(
+            AbstractAsyncContextManager[_PooledSender],
+            self._pool.get(timeout=30, acquire_timeout=SEND_TIMEOUT),
+        )
+
+    async def _drive(self) -> None:
+        while True:
+            first = await self._queue.get()
+            try:
+                async with self._connection() as pooled:
+                    await self._send_burst(pooled, first)
+            except asyncio.CancelledError:
+                if not first.future.done():
+                    first.future.set_exception(BrokerError("sender closed"))
+                raise
+            except connection_pooling.ConnectionsExhausted as exc:
+                self._fail([first], BrokerError(f"no connection to {self.queue_name}: {exc}"))
+            except BrokerError as exc:
+                self._fail([first], exc)
+            except SDK_ERRORS as exc:
+                self._fail([first], translate(exc, f"connecting to {self.queue_name}"))
+
+    async def _send_burst(self, pooled: _PooledSender, first: _Request) -> None:
+        requests = [first]
+        while True:
+            while not self._queue.empty():
+                requests.append(self._queue.get_nowait())
+            live = [r for r in requests if not r.future.done()]
+            if live:
+                broken = await self._send_requests(pooled, live)
+                if broken:
+                    await self._pool.expire_conn(
+                        cast(connection_pooling.AbstractConnection, pooled)
+                    )
+                    return
+            try:
+                requests = [await asyncio.wait_for(self._queue.get(), LINGER)]
+            except TimeoutError:
+                return
+
+    async def _send_requests(self, pooled: _PooledSender, requests: list[_Request]) -> bool:
+        """Send every request's messages; returns True if the link looks broken."""
+        results: dict[int, list[int | None]] = {id(r): [None] * len(r.messages) for r in requests}
+        failed = await self._send_immediate(pooled.sender, requests)
+        broken = any(error.transient for error in failed.values())
+        for request in requests:
+            if id(request) in failed:
+                continue
+            scheduled = [
+                (i, m)
+                for i, m in enumerate(request.messages)
+                if m.scheduled_enqueue_time is not None
+            ]
+            for when, group in _group_by_time(scheduled):
+                try:
+                    numbers = await _bounded(
+                        pooled.sender.schedule_messages(
+                            [to_sdk(m) for _, m in group], when, timeout=SEND_TIMEOUT
+                        )
+                    )
+                    self.schedule_calls += 1
+                except SDK_ERRORS as exc:
+                    error = translate(exc, f"scheduling on {self.queue_name}")
+                    broken = broken or error.transient
+                    failed[id(request)] = error
+                    break
+                for (index, _), number in zip(group, numbers, strict=True):
+                    results[id(request)][index] = int(number)
+        for request in requests:
+            if request.future.done():
+                continue
+            if id(request) in failed:
+                request.future.set_exception(failed[id(request)])
+            else:
+                request.future.set_result(results[id(request)])
+        return broken
+
+    async def _send_immediate(
+        self, sender: ServiceBusSender, requests: list[_Request]
+    ) -> dict[int, BrokerError]:
+        """Plain-send every immediate message in as few batches as fit.
+
+        A failed batch fails the requests with a message in it and every
+        request not sent yet; requests wholly in earlier batches succeeded.
+        """
+        pending = [
+            (request, message)
+            for request in requests
+            for message in request.messages
+            if message.scheduled_enqueue_time is None
+        ]
+        if not pending:
+            return {}
+        failed: dict[int, BrokerError] = {}
+        sent_upto = 0  # pending[:sent_upto] went out in batches that were accepted
+        try:
+            if len(pending) == 1:
+                await _bounded(sender.send_messages(to_sdk(pending[0][1]), timeout=SEND_TIMEOUT))
+                self.transfers += 1
+                return failed
+            batch = await sender.create_message_batch(self._batch_limit(sender))
+            for index, (_, message) in enumerate(pending):
+                sdk_message = to_sdk(message)
+                try:
+                    batch.add_message(sdk_message)
+                except MessageSizeExceededError:
+                    if len(batch) == 0:
+                        raise
+                    await _bounded(sender.send_messages(batch, timeout=SEND_TIMEOUT))
+                    self.transfers += 1
+                    sent_upto = index
+                    batch = await sender.create_message_batch(self._batch_limit(sender))
+                    batch.add_message(sdk_message)
+            if len(batch):
+                await _bounded(sender.send_messages(batch, timeout=SEND_TIMEOUT))
+                self.transfers += 1
+            sent_upto = len(pending)
+        except SDK_ERRORS as exc:
+            error = translate(exc, f"sending to {self.queue_name}")
+            for request, _ in pending[sent_upto:]:
+                failed[id(request)] = error
+        return failed
+
+    def _batch_limit(self, sender: ServiceBusSender) -> int:
+        """Batch size to ask for: the link's maximum less a safety margin for framing."""
+        link_max = getattr(sender, "_max_message_size_on_link", 0) or self.max_batch_size
+        return max(1024, min(link_max, self.max_batch_size) - BATCH_MARGIN)
+
+    @staticmethod
+    def _fail(requests: list[_Request], error: BrokerError) -> None:
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+
+def _group_by_time(
+    items: list[tuple[int, OutgoingMessage]],
+) -> list[tuple[datetime, list[tuple[int, OutgoingMessage]]]]:
+    groups: dict[datetime, list[tuple[int, OutgoingMessage]]] = {}
+    for index, message in items:
+        assert message.scheduled_enqueue_time is not None
+        groups.setdefault(message.scheduled_enqueue_time, []).append((index, message))
+    return list(groups.items())
