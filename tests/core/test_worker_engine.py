@@ -159,6 +159,25 @@ async def test_cancelling_the_run_task_abandons_in_flight_messages_at_once() -> 
     await _rerun_and_check_none_lost(app, broker, 8)
 
 
+async def test_cancelled_worker_leaves_no_receive_behind() -> None:
+    app, broker = new_app({}, lock_duration=30)
+
+    @app.task()
+    async def noop(state: Any) -> None:
+        return None
+
+    worker = app.worker(receive_wait=5, install_signal_handlers=False)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.1)  # the worker now waits in receive
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    await app.apply_async(noop)
+    await asyncio.sleep(0.05)
+    # Nobody is running, so nobody may hold the new message's lock.
+    assert broker.counts() == QueueCounts(active=1, scheduled=0, locked=0, dead_lettered=0)
+
+
 async def test_grace_period_lets_short_tasks_finish() -> None:
     state: dict[str, Any] = {"started": set(), "finished": []}
     app, broker = new_app(state, lock_duration=30)

@@ -7,7 +7,10 @@ How a node moves (all writes are compare-and-swap on the ETag just read):
    publishes the roots (message id = task id) and marks them Scheduled.
 2. A worker ``claim``s a node by writing Started with its message's sequence
    number. A finished node is never run again: only its continuation is. A
-   second message for a node another message has claimed is a duplicate.
+   second message for a node another message has claimed is a duplicate. A
+   retry is recorded (Retry, with the retry message's id) before that message
+   is published; the node then takes only that message, or a redelivery of
+   the one that asked for the retry.
 3. When a node settles (finishes, or is skipped because it can never run), its
    ``continuation`` records its outcome in each dependent's record (its
    children and its failure handler). The writer whose arrival completes a
@@ -211,6 +214,7 @@ class GraphRuntime:
                 record.status is TaskStatus.Retry
                 and record.expected_message_id
                 and record.expected_message_id != message_id
+                and record.claimed_by != sequence_number
             ):
                 return Claim("duplicate", record)
             record.status = TaskStatus.Started
@@ -224,7 +228,12 @@ class GraphRuntime:
             return Claim("run", record)
 
     async def mark_retry(self, task: Task, message_id: str, retry_at: datetime) -> None:
-        """Record that the node waits for its retry message ``message_id``."""
+        """Record that the node waits for its retry message ``message_id``.
+
+        Called before that message is published. ``claimed_by`` is kept, so if
+        the worker dies before publishing, a redelivery of the message that
+        asked for the retry may still claim the node.
+        """
         assert task.graph_id is not None
 
         def mutate(rec: NodeRecord) -> NodeRecord | None:
@@ -232,7 +241,6 @@ class GraphRuntime:
                 return None
             rec.status = TaskStatus.Retry
             rec.expected_message_id = message_id
-            rec.claimed_by = None
             rec.retry_at = retry_at
             return rec
 

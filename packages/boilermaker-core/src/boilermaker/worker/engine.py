@@ -21,7 +21,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from boilermaker.broker import BrokerError, ReceivedMessage
+from boilermaker.broker import BrokerError, ReceivedMessage, Receiver
 from boilermaker.worker.lock_renewer import LockRenewer
 from boilermaker.worker.settings import WorkerSettings, WorkerStats
 from boilermaker.worker.task_run import TaskRunner
@@ -148,7 +148,7 @@ class Worker:
             logger.warning("Received %s again: stopping now", sig.name)
         self.stop()
 
-    async def _receive_loop(self, receiver, runner: TaskRunner) -> None:  # type: ignore[no-untyped-def]
+    async def _receive_loop(self, receiver: Receiver, runner: TaskRunner) -> None:
         concurrency = self.settings.concurrency
         backoff = RECEIVE_BACKOFF
         while not self._stopping.is_set():
@@ -175,24 +175,33 @@ class Worker:
             if len(self._in_flight) > self.stats.max_in_flight:
                 self.stats.max_in_flight = len(self._in_flight)
 
-    async def _receive(self, receiver, free: int) -> list[ReceivedMessage]:  # type: ignore[no-untyped-def]
+    async def _receive(self, receiver: Receiver, free: int) -> list[ReceivedMessage]:
         wait = self.settings.receive_wait
         receiving = asyncio.ensure_future(receiver.receive(free, wait))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Left running, the receive would lock messages nobody handles.
+            await self._cancel_receive(receiver, receiving)
+            raise
         finally:
             stopping.cancel()
         if receiving in done:
             return receiving.result()
+        await self._cancel_receive(receiver, receiving)
+        return []
+
+    async def _cancel_receive(
+        self, receiver: Receiver, receiving: asyncio.Future[list[ReceivedMessage]]
+    ) -> None:
         receiving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, BrokerError):
             got = await receiving
             # Received just as we stopped: hand them straight back.
             for message in got or []:
                 with contextlib.suppress(BrokerError):
                     await receiver.abandon(message)
-        return []
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
