@@ -17,6 +17,7 @@ from boilermaker.exceptions import (
 )
 from boilermaker.graph_dispatch import GraphProgress, GraphRuntime
 from boilermaker.ids import TaskId
+from boilermaker.log_format import configure_from_environment
 from boilermaker.publishing import Publication, Publisher
 from boilermaker.registry import Registry, TaskFunction
 from boilermaker.results import Records, node_blob, standalone_blob
@@ -49,6 +50,7 @@ class Boilermaker:
         enable_opentelemetry: bool = False,
         results_storage: ResultsStore | None = None,
     ) -> None:
+        configure_from_environment()
         self.state = state
         self.service_bus_client = service_bus_client
         self.results_storage = results_storage

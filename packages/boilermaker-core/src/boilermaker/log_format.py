@@ -44,3 +44,30 @@ def configure_json_logging(level: int = logging.INFO, stream: object = None) -> 
     logger.addHandler(handler)
     logger.setLevel(level)
     return handler
+
+
+def configure_from_environment() -> logging.Handler | None:
+    """Configure logging from ``BOILERMAKER_LOG_FORMAT`` (``json`` or ``text``) and
+    ``BOILERMAKER_LOG_LEVEL`` (default INFO), unless the ``boilermaker`` logger
+    already has handlers. Workers call this when they start, so a process can
+    get the seed's log lines without code changes.
+    """
+    import os
+
+    fmt = os.environ.get("BOILERMAKER_LOG_FORMAT", "").strip().lower()
+    if fmt not in ("json", "text"):
+        return None
+    logger = logging.getLogger("boilermaker")
+    if logger.handlers:
+        return None
+    level_name = os.environ.get("BOILERMAKER_LOG_LEVEL", "INFO").strip().upper()
+    level = logging.getLevelName(level_name)
+    if not isinstance(level, int):
+        raise ValueError(f"BOILERMAKER_LOG_LEVEL: unknown level {level_name!r}")
+    if fmt == "json":
+        return configure_json_logging(level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler
