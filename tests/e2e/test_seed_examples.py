@@ -170,7 +170,8 @@ def test_seed_publisher_and_worker_run_as_written(
     assert "Registered background function fn=process_data" in texts
     begins = [t for t in texts if t.startswith("[process_data] Begin Task sequence_number=")]
     completes = [t for t in texts if t.startswith("[process_data] Completed Task sequence_number=")]
-    assert len(begins) == 2 and len(completes) == 2
+    assert len(begins) == 2
+    assert len(completes) == 2
     for event in events:
         if "Task sequence_number" in str(event["event"]):
             assert event["level"] == "info"
@@ -179,7 +180,8 @@ def test_seed_publisher_and_worker_run_as_written(
     assert "Processing data data_123 with priority normal" in out
     assert "Processing data data_456 with priority high" in out
     counts = servicebus_emulator.counts(servicebus_queue)
-    assert counts.active == 0 and counts.dead_lettered == 0
+    assert counts.active == 0
+    assert counts.dead_lettered == 0
 
 
 def test_seed_chain_runs_in_order_across_processes(
@@ -192,7 +194,7 @@ def test_seed_chain_runs_in_order_across_processes(
     worker.write_text(WORKER)
 
     subprocess.run([sys.executable, str(publisher)], env=env, check=True, timeout=60)
-    events, out, code = _run_worker_until(worker, env, done=3)
+    _events, out, code = _run_worker_until(worker, env, done=3)
 
     assert code == 0
     order = [line for line in out.splitlines() if line.startswith("Processing data chain_")]
