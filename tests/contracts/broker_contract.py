@@ -313,8 +313,12 @@ class BrokerContract:
             assert [m.message_id for m in peeked] == [m.message_id for m in sent]
             numbers = [m.sequence_number for m in peeked]
             assert numbers == sorted(numbers)
+            # Without a sequence number, every peek starts from the head of the queue.
             again = await receiver.peek(10)
             assert [m.message_id for m in again] == [m.message_id for m in sent]
+            tail = await receiver.peek(10, from_sequence_number=numbers[1])
+            assert [m.message_id for m in tail] == [m.message_id for m in sent[1:]]
+            assert [m.message_id for m in await receiver.peek(1)] == [sent[0].message_id]
             got = await receive_n(receiver, 3)
             assert sorted(m.message_id for m in got) == sorted(m.message_id for m in sent)
             assert all(m.delivery_count == 0 for m in got)
