@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -599,3 +600,37 @@ async def test_acks_early_task_longer_than_the_lock_reports_no_lost_lock(
     assert worker.stats.locks_lost == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert broker.counts() == EMPTY
+
+
+class SlowStore(InMemoryResultsStore):
+    """Takes 0-20 ms per write, like a network service (seeded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.random = random.Random(3)
+
+    async def write(self, name: str, data: bytes, **options: Any) -> str:  # type: ignore[override]
+        await asyncio.sleep(self.random.random() * 0.02)
+        return await super().write(name, data, **options)
+
+
+async def test_stored_result_of_a_retried_task_is_its_final_outcome() -> None:
+    # A zero-delay retry may run and finish before the first attempt's
+    # bookkeeping is written; the final result must not be overwritten.
+    state: dict[str, int] = {}
+    app, _broker = new_app(state, store=SlowStore())
+
+    @app.task(policy=RetryPolicy(max_tries=3, delay=0))
+    async def once_more(state: dict[str, int], i: int) -> int:
+        state[str(i)] = state.get(str(i), 0) + 1
+        if state[str(i)] == 1:
+            raise RetryException("again")
+        return i
+
+    tasks = await app.apply_many(once_more, [(i,) for i in range(20)])
+    await app.run_until_idle(timeout=10, concurrency=64)
+    assert set(state.values()) == {2}
+    for task in tasks:
+        result = await app.get_result(task, timeout=0)
+        assert result.status is TaskStatus.Success
+        assert result.result == int(task.args[0])

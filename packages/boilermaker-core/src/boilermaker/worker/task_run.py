@@ -250,15 +250,16 @@ class TaskRunner:
             exc.msg or type(exc).__name__,
             delay,
         )
+        # Recorded before the retry message exists, since the retry may run and
+        # finish at once: a graph node would take that message for a duplicate
+        # (the node still Started by this one) and never run again; a standalone
+        # result would be overwritten with Retry after its final outcome.
         if task.graph_id:
-            # Recorded before the retry message exists: otherwise that message
-            # could find the node still Started by this one and be taken for a
-            # duplicate, leaving the node waiting for a retry that never runs.
             retry_at = datetime.now(UTC) + timedelta(seconds=delay)
             await self.app.graphs.mark_retry(task, retry_id, retry_at)
-        await self.app.publisher.publish([Publication(retry_task, float(delay), retry_id)])
-        if not task.graph_id and self.app.results_storage is not None:
+        elif self.app.results_storage is not None:
             await self._store_standalone(task, Outcome(TaskStatus.Retry))
+        await self.app.publisher.publish([Publication(retry_task, float(delay), retry_id)])
         self.stats.retried += 1
         await self._settle_if_late(task, "complete", message, label)
 
