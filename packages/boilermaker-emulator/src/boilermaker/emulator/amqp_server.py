@@ -167,6 +167,7 @@ class AmqpServer:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
         self._calls = queue.SimpleQueue()
         self._stopping = False
+        self._stop_deadline = 0.0
         self._thread_id: int | None = None
         self.container = Container(self)
         self.container.container_id = CONTAINER_ID
@@ -228,7 +229,7 @@ class AmqpServer:
         self._drop_all()
         self._delayed.clear()
         self._injector.close()
-        self.container.schedule(2.0, _Timer(self.container.stop))
+        self._stop_deadline = time.monotonic() + 3.0
         self.namespace.journal.flush()
 
     # -- cross-thread calls ----------------------------------------------------
@@ -329,6 +330,11 @@ class AmqpServer:
 
     def _tick(self) -> None:
         if self._stopping:
+            # Wait (briefly) for the dropped connections to wind down, then end the loop.
+            if not self.peers or time.monotonic() > self._stop_deadline:
+                self.container.stop()
+            else:
+                self.container.schedule(self.tick_interval, self._ticker)
             return
         try:
             self.namespace.tick(time.time())

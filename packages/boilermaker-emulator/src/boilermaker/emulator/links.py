@@ -36,10 +36,22 @@ logger = logging.getLogger("boilermaker.emulator")
 #: Credit kept open on links the client sends on; topped up when half is used.
 INBOX_CREDIT = 1000
 
-LOCK_LOST = Condition(
-    "com.microsoft:message-lock-lost",
+
+
+def error_condition(name: str, description: str) -> Condition:
+    """A delivery error as Service Bus sends it: condition, description and an info map.
+
+    The SDK reads all three fields of a rejected outcome's error, so the info
+    map (a tracking id, as Azure sends) must be present.
+    """
+    return Condition(
+        symbol(name), description, {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())}
+    )
+
+
+LOCK_LOST_DESCRIPTION = (
     "The lock supplied is invalid. Either the lock expired, or the message has already been"
-    " removed from the queue.",
+    " removed from the queue."
 )
 
 ACCEPTED = Delivery.ACCEPTED
@@ -107,15 +119,13 @@ class QueueInbox:
         limit = queue.settings.max_message_size
         if len(data) > limit:
             logger.info("queue %s: refused a %d-byte transfer (limit %d)", queue.name, len(data), limit)
-            return REJECTED, Condition(
+            return REJECTED, error_condition(
                 "amqp:link:message-size-exceeded",
                 f"The received message (size {len(data)} bytes) exceeds the limit "
                 f"({limit} bytes) currently allowed on the link.",
             )
         if self.entity.dead_letter:
-            return REJECTED, Condition(
-                "amqp:not-allowed", "Cannot send to a dead-letter queue."
-            )
+            return REJECTED, error_condition("amqp:not-allowed", "Cannot send to a dead-letter queue.")
         try:
             sections = codec.split_sections(data)
             batch = split_batch(data, sections)
@@ -124,7 +134,7 @@ class QueueInbox:
             ]
         except codec.CodecError as exc:
             logger.info("queue %s: refused an undecodable transfer: %s", queue.name, exc)
-            return REJECTED, Condition("amqp:decode-error", f"Undecodable message: {exc}")
+            return REJECTED, error_condition("amqp:decode-error", f"Undecodable message: {exc}")
         for message in parsed:
             queue.enqueue(message, now)
         return ACCEPTED, None
@@ -202,7 +212,9 @@ class QueueOutbox:
                 delivery.local.undeliverable = delivery.remote.undeliverable
             delivery.update(state)
         else:
-            delivery.local.condition = LOCK_LOST
+            delivery.local.condition = error_condition(
+                "com.microsoft:message-lock-lost", LOCK_LOST_DESCRIPTION
+            )
             delivery.update(REJECTED)
         delivery.settle()
 
@@ -272,7 +284,7 @@ class RequestInbox:
         except Exception as exc:  # proton raises its own MessageException family
             logger.info("%s: undecodable request: %s", self.address, exc)
             if not delivery.settled:
-                delivery.local.condition = Condition("amqp:decode-error", str(exc))
+                delivery.local.condition = error_condition("amqp:decode-error", str(exc))
                 delivery.update(REJECTED)
             delivery.settle()
             return
@@ -291,6 +303,3 @@ class RequestInbox:
 def is_receive_and_delete(link: Link) -> bool:
     return link.remote_snd_settle_mode == Link.SND_SETTLED
 
-
-def error_condition(name: str, description: str) -> Condition:
-    return Condition(symbol(name), description)
