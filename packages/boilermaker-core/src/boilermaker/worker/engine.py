@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from boilermaker.broker import BrokerError, ReceivedMessage, Receiver
 from boilermaker.worker.lock_renewer import LockRenewer
@@ -149,6 +149,16 @@ class Worker:
         self.stop()
 
     async def _receive_loop(self, receiver: Receiver, runner: TaskRunner) -> None:
+        # One waiter for the whole run, raced against each receive.
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await self._receive_until_stopped(receiver, runner, stopping)
+        finally:
+            stopping.cancel()
+
+    async def _receive_until_stopped(
+        self, receiver: Receiver, runner: TaskRunner, stopping: asyncio.Future[Any]
+    ) -> None:
         concurrency = self.settings.concurrency
         backoff = RECEIVE_BACKOFF
         while not self._stopping.is_set():
@@ -158,7 +168,7 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                messages = await self._receive(receiver, free)
+                messages = await self._receive(receiver, free, stopping)
             except BrokerError as exc:
                 logger.error("Receiving failed (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep_unless_stopping(backoff)
@@ -175,18 +185,17 @@ class Worker:
             if len(self._in_flight) > self.stats.max_in_flight:
                 self.stats.max_in_flight = len(self._in_flight)
 
-    async def _receive(self, receiver: Receiver, free: int) -> list[ReceivedMessage]:
+    async def _receive(
+        self, receiver: Receiver, free: int, stopping: asyncio.Future[Any]
+    ) -> list[ReceivedMessage]:
         wait = self.settings.receive_wait
         receiving = asyncio.ensure_future(receiver.receive(free, wait))
-        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # Left running, the receive would lock messages nobody handles.
             await self._cancel_receive(receiver, receiving)
             raise
-        finally:
-            stopping.cancel()
         if receiving in done:
             return receiving.result()
         await self._cancel_receive(receiver, receiving)

@@ -46,6 +46,7 @@ class LockRenewer:
         self._held: dict[int, _Held] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._next_round = 0.0  # monotonic time of the renewer's next round
 
     def start(self) -> None:
         """Start the renewal coroutine."""
@@ -69,7 +70,9 @@ class LockRenewer:
         left = (message.locked_until - datetime.now(UTC)).total_seconds()
         duration = max(left, MIN_TICK * 4)
         self._held[id(message)] = _Held(message, label, now, duration, now + left)
-        self._wake.set()
+        # Wake the renewer only if this lock is due before its next round.
+        if now + left - duration / 2 < self._next_round:
+            self._wake.set()
 
     def untrack(self, message: ReceivedMessage) -> bool:
         """Stop renewing; returns True if the lock was seen to be lost."""
@@ -84,6 +87,7 @@ class LockRenewer:
     async def _run(self) -> None:
         while True:
             tick = self._next_tick()
+            self._next_round = time.monotonic() + tick
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), tick)
