@@ -153,7 +153,12 @@ async def test_diamond_runs_the_join_once_after_both_branches() -> None:
     app, steps, _broker, _store = new_app()
     a, b, c, d = (node(app, n) for n in "abcd")
     graph = TaskGraphBuilder().add(a).parallel(b, c, depends_on=a).then(d).build()
-    await run_graph(app, graph, concurrency=4)
+    await app.publish_graph(graph)
+    _worker, progress = await asyncio.gather(
+        app.run_until_idle(timeout=10, concurrency=4),
+        app.wait_for_graph(graph.graph_id, timeout=10, poll_interval=0.01),
+    )
+    assert progress.complete
 
     assert steps.runs == Counter(a=1, b=1, c=1, d=1)
     assert steps.order[0] == "a"

@@ -197,11 +197,20 @@ async def test_grace_period_lets_short_tasks_finish() -> None:
     assert broker.counts() == QueueCounts(active=4, scheduled=0, locked=0, dead_lettered=0)
 
 
-def _sigterm_handler_installed() -> bool:
-    return signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+def _handler_installed(sig: signal.Signals = signal.SIGTERM) -> bool:
+    """Whether asyncio (not Python's default) handles ``sig`` right now."""
+    return signal.getsignal(sig) not in (
+        signal.SIG_DFL,
+        signal.SIG_IGN,
+        signal.default_int_handler,
+        None,
+    )
 
 
-async def test_sigterm_stops_the_worker_gracefully(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_stops_the_worker_gracefully(
+    sig: signal.Signals, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="boilermaker.app")
     state: dict[str, Any] = {"started": set(), "finished": []}
     app, broker = new_app(state, lock_duration=30)
@@ -212,14 +221,14 @@ async def test_sigterm_stops_the_worker_gracefully(caplog: pytest.LogCaptureFixt
         app.run(concurrency=3, shutdown_grace=10, install_signal_handlers=True)
     )
     await wait_until(lambda: len(state["started"]) == 3)
-    assert _sigterm_handler_installed(), "the worker did not install a SIGTERM handler"
-    os.kill(os.getpid(), signal.SIGTERM)
+    assert _handler_installed(sig), f"the worker did not install a {sig.name} handler"
+    os.kill(os.getpid(), sig)
     await asyncio.wait_for(runner, 10)
 
     assert len(state["finished"]) == 3
     assert broker.counts() == QueueCounts(active=3, scheduled=0, locked=0, dead_lettered=0)
-    assert any("Received SIGTERM" in r.getMessage() for r in caplog.records)
-    assert not _sigterm_handler_installed(), "the SIGTERM handler was left installed"
+    assert any(f"Received {sig.name}" in r.getMessage() for r in caplog.records)
+    assert not _handler_installed(sig), f"the {sig.name} handler was left installed"
 
 
 async def test_second_sigterm_skips_the_grace_period(caplog: pytest.LogCaptureFixture) -> None:
@@ -233,7 +242,7 @@ async def test_second_sigterm_skips_the_grace_period(caplog: pytest.LogCaptureFi
         app.run(concurrency=3, shutdown_grace=60, install_signal_handlers=True)
     )
     await wait_until(lambda: len(state["started"]) == 3)
-    assert _sigterm_handler_installed()
+    assert _handler_installed()
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.sleep(0.2)
     assert not runner.done(), "the first signal should wait for in-flight tasks"
