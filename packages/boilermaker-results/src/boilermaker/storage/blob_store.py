@@ -27,7 +27,8 @@ like core's in-memory store, so benchmarks can report what a workflow costs.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import os
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -92,6 +93,10 @@ _RETRY_OPTIONS = frozenset(
         "retry_to_secondary",
     }
 )
+#: Blob clients kept for reuse: making one costs the SDK a pipeline and a generated client,
+#: and a graph node touches its record several times in a row.
+BLOB_CLIENT_CACHE_SIZE = 256
+
 #: Seconds to wait for a TCP connection (the SDK's default is 20).
 DEFAULT_CONNECTION_TIMEOUT = 10
 
@@ -115,11 +120,25 @@ _LEASE_HELD_CODES = frozenset(
 _NO_LEASE_CODE = "LeaseNotPresentWithLeaseOperation"
 
 
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment names an HTTP proxy (``HTTPS_PROXY`` and friends)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(v) or env.get(v.lower()) for v in _PROXY_VARIABLES)
+
+
 def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """SDK client keyword arguments with this store's retry and timeout defaults.
+    """SDK client keyword arguments with this store's retry, timeout and proxy defaults.
 
     Retry settings given (``retry_total=0``, ``initial_backoff=...``) adjust the
     default ``ExponentialRetry``; a ``retry_policy`` replaces it.
+
+    The HTTP session reads proxy settings from the environment only when a
+    proxy variable is set (or ``use_env_settings=True`` is passed): otherwise
+    aiohttp would look up ``~/.netrc`` and the proxy variables in a worker
+    thread on every request, which costs more than the request itself here.
     """
     opts = dict(options)
     retry = {key: opts.pop(key) for key in _RETRY_OPTIONS if key in opts}
@@ -128,6 +147,7 @@ def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     elif retry:
         raise TypeError(f"pass either retry_policy or retry settings {sorted(retry)}, not both")
     opts.setdefault("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
+    opts.setdefault("use_env_settings", proxy_configured())
     return opts
 
 
@@ -209,6 +229,7 @@ class BlobClientStorage:
             url=container.url,
         )
         self.operations: Counter[str] = Counter()
+        self._blob_clients: OrderedDict[str, BlobClient] = OrderedDict()
         self._container_ready = not create_container
         self._container_lock: asyncio.Lock | None = None
         self._closed = False
@@ -258,6 +279,7 @@ class BlobClientStorage:
         if self._closed:
             return
         self._closed = True
+        self._blob_clients.clear()
         await self._container.close()
         if self._owned_credential is not None:
             await self._owned_credential.close()
@@ -286,7 +308,15 @@ class BlobClientStorage:
 
     def _blob(self, name: str) -> BlobClient:
         # Shares the container client's transport: no new HTTP session per blob.
-        return self._container.get_blob_client(name)
+        client = self._blob_clients.get(name)
+        if client is None:
+            client = self._container.get_blob_client(name)
+            self._blob_clients[name] = client
+            if len(self._blob_clients) > BLOB_CLIENT_CACHE_SIZE:
+                self._blob_clients.popitem(last=False)
+        else:
+            self._blob_clients.move_to_end(name)
+        return client
 
     def _fail(self, exc: AzureError, operation: str) -> BlobStorageError:
         return unexpected(exc, self.location, operation)
