@@ -260,7 +260,7 @@ class ServiceBusQueueReceiver:
         if op.kind == "peek":
             max_messages, from_sequence = op.args
             peeked = await receiver.peek_messages(
-                max_message_count=max_messages, sequence_number=from_sequence or 0
+                max_message_count=max_messages, sequence_number=from_sequence or 1
             )
             return [from_sdk(m) for m in peeked]
         assert op.message is not None
