@@ -17,6 +17,7 @@ from boilermaker.storage import (
     StorageAccessDenied,
     StorageUnreachable,
 )
+from boilermaker.storage.client_options import client_options
 from boilermaker.storage.credentials import include_managed_identity
 from boilermaker.storage.tags import tag_filter
 from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
@@ -351,3 +352,22 @@ async def test_lease_edge_cases_match_the_in_memory_store(blob_store: BlobClient
 async def test_create_only_and_if_match_cannot_be_combined(blob_store: BlobClientStorage) -> None:
     with pytest.raises(ValueError, match="create_only"):
         await blob_store.write("x.json", b"x", create_only=True, if_match='"0x1"')
+
+
+def test_client_reads_proxy_settings_only_when_a_proxy_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(variable.lower(), raising=False)
+    assert client_options({})["use_env_settings"] is False
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")
+    assert client_options({})["use_env_settings"] is True
+    assert client_options({"use_env_settings": False})["use_env_settings"] is False
+
+
+def test_retry_settings_adjust_the_default_policy() -> None:
+    options = client_options({"retry_total": 0, "connection_timeout": 2})
+    assert options["retry_policy"].total_retries == 0
+    assert options["connection_timeout"] == 2
+    assert client_options({})["retry_policy"].total_retries == 3

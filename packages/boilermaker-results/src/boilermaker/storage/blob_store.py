@@ -27,7 +27,6 @@ like core's in-memory store, so benchmarks can report what a workflow costs.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -38,7 +37,7 @@ from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.blob import BlobProperties
-from azure.storage.blob.aio import BlobClient, BlobLeaseClient, ContainerClient, ExponentialRetry
+from azure.storage.blob.aio import BlobClient, BlobLeaseClient, ContainerClient
 
 from boilermaker.results_store import (
     BlobExists,
@@ -48,6 +47,7 @@ from boilermaker.results_store import (
     ResultsStoreError,
     StoredBlob,
 )
+from boilermaker.storage.client_options import client_options
 from boilermaker.storage.credentials import default_credential
 from boilermaker.storage.errors import (
     BlobStorageError,
@@ -73,32 +73,9 @@ Credential = (
 #: Most blobs one Blob Batch request may delete.
 BATCH_DELETE_LIMIT = 256
 
-#: Retry settings: a few quick retries, so an outage surfaces in seconds, not minutes
-#: (the SDK's own default waits 15 s, then 18 s, then 24 s).
-DEFAULT_RETRY: dict[str, Any] = {
-    "retry_total": 3,
-    "initial_backoff": 1,
-    "increment_base": 2,
-    "random_jitter_range": 1,
-}
-_RETRY_OPTIONS = frozenset(
-    {
-        "retry_total",
-        "retry_connect",
-        "retry_read",
-        "retry_status",
-        "initial_backoff",
-        "increment_base",
-        "random_jitter_range",
-        "retry_to_secondary",
-    }
-)
 #: Blob clients kept for reuse: making one costs the SDK a pipeline and a generated client,
 #: and a graph node touches its record several times in a row.
 BLOB_CLIENT_CACHE_SIZE = 256
-
-#: Seconds to wait for a TCP connection (the SDK's default is 20).
-DEFAULT_CONNECTION_TIMEOUT = 10
 
 _LEASE_WRITE_CODES = frozenset(
     {
@@ -118,37 +95,6 @@ _LEASE_HELD_CODES = frozenset(
     }
 )
 _NO_LEASE_CODE = "LeaseNotPresentWithLeaseOperation"
-
-
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment names an HTTP proxy (``HTTPS_PROXY`` and friends)."""
-    env = os.environ if environ is None else environ
-    return any(env.get(v) or env.get(v.lower()) for v in _PROXY_VARIABLES)
-
-
-def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """SDK client keyword arguments with this store's retry, timeout and proxy defaults.
-
-    Retry settings given (``retry_total=0``, ``initial_backoff=...``) adjust the
-    default ``ExponentialRetry``; a ``retry_policy`` replaces it.
-
-    The HTTP session reads proxy settings from the environment only when a
-    proxy variable is set (or ``use_env_settings=True`` is passed): otherwise
-    aiohttp would look up ``~/.netrc`` and the proxy variables in a worker
-    thread on every request, which costs more than the request itself here.
-    """
-    opts = dict(options)
-    retry = {key: opts.pop(key) for key in _RETRY_OPTIONS if key in opts}
-    if "retry_policy" not in opts:
-        opts["retry_policy"] = ExponentialRetry(**{**DEFAULT_RETRY, **retry})
-    elif retry:
-        raise TypeError(f"pass either retry_policy or retry settings {sorted(retry)}, not both")
-    opts.setdefault("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
-    opts.setdefault("use_env_settings", proxy_configured())
-    return opts
 
 
 class BlobClientStorage:
