@@ -398,6 +398,29 @@ async def test_publish_graph_is_idempotent_after_a_failed_root_publish() -> None
     await completed(app, graph)
 
 
+async def test_publish_graph_retried_after_a_partly_sent_batch_sends_each_root_once() -> None:
+    app, steps, broker, _store = new_app(max_message_size=2048)  # one root per broker call
+    roots = [node(app, f"root-{i}") for i in range(4)]
+    graph = TaskGraphBuilder().parallel(*roots).then(node(app, "join")).build()
+    calls: list[int] = []
+
+    def second_call_fails(messages: Sequence[OutgoingMessage]) -> bool:
+        calls.append(len(messages))
+        return len(calls) == 2
+
+    broker.fail_send = second_call_fails
+    with pytest.raises(PublishError):
+        await app.publish_graph(graph)
+    assert broker.sent_count == 1
+
+    broker.fail_send = None
+    await app.publish_graph(graph)
+    assert broker.sent_count == len(roots), "a root was sent twice"
+    await app.run_until_idle(timeout=10)
+    assert set(steps.started.values()) == {1}
+    await completed(app, graph)
+
+
 async def test_publish_graph_retried_after_the_store_failed_runs_each_node_once() -> None:
     app, steps, _broker, store = new_app()
     a, b = node(app, "a"), node(app, "b")

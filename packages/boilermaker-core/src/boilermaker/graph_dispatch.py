@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
 from boilermaker.ids import GraphId, TaskId
-from boilermaker.publishing import Publication, Publisher
+from boilermaker.publishing import Publication, Publisher, batches_by_size
 from boilermaker.results import (
     GraphStatusRecord,
     NodeRecord,
@@ -169,12 +169,22 @@ class GraphRuntime:
             got = await self.records.get(node_blob(graph.graph_id, task_id))
             if got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped:
                 pending_roots.append(task_id)
-        if pending_roots:
-            await self.publisher.publish(
-                [Publication(graph.task(t), message_id=str(t)) for t in pending_roots], attempts
-            )
-            await _bounded_gather([self._mark_scheduled(graph, t) for t in pending_roots])
+        # One broker batch at a time, each marked Scheduled once sent: if a
+        # later batch fails, calling again publishes only what was not sent.
+        for batch in self._root_batches(graph, pending_roots):
+            await self.publisher.publish(batch, attempts)
+            await _bounded_gather([self._mark_scheduled(graph, p.task.task_id) for p in batch])
         return graph
+
+    def _root_batches(self, graph: TaskGraph, roots: list[TaskId]) -> list[list[Publication]]:
+        """The roots' publications, grouped as the publisher will send them."""
+        items = [Publication(graph.task(t), message_id=str(t)) for t in roots]
+        if self.publisher.tracing.enabled:
+            return [[item] for item in items]  # traced publishing sends one at a time
+        messages = [self.publisher.to_message(item) for item in items]
+        by_message = {id(m): item for m, item in zip(messages, items, strict=True)}
+        limit = self.publisher.broker.max_message_size
+        return [[by_message[id(m)] for m in run] for run in batches_by_size(messages, limit)]
 
     async def _mark_scheduled(self, graph: TaskGraph, task_id: TaskId) -> None:
         def mutate(rec: NodeRecord) -> NodeRecord | None:
