@@ -1,6 +1,6 @@
 """The worker engine on the in-memory broker: tasks per second and overhead per task.
 
-    uv run python -m bench.worker_bench [--noop N] [--repeat R]
+    uv run python -m bench.worker_bench [--noop N] [--repeat R] [--quick]
 
 Measured in one process, so the figures are ratios to compare, not absolutes:
 
@@ -150,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--noop", type=int, default=3000, help="no-op tasks per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best kept)")
+    parser.add_argument("--quick", action="store_true", help="--noop 1000 --repeat 1")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.noop, args.repeat = 1000, 1
     started = time.perf_counter()
     baseline, runs = asyncio.run(measure(args.noop, args.repeat))
     print(report(baseline, runs))
