@@ -371,3 +371,12 @@ def test_retry_settings_adjust_the_default_policy() -> None:
     assert options["retry_policy"].total_retries == 0
     assert options["connection_timeout"] == 2
     assert client_options({})["retry_policy"].total_retries == 3
+
+
+def test_a_synchronous_credential_is_refused_at_construction() -> None:
+    from azure.identity import EnvironmentCredential
+
+    with pytest.raises(TypeError, match=r"azure\.identity\.aio"):
+        BlobClientStorage(
+            "https://account.blob.core.windows.net", "results", credentials=EnvironmentCredential()
+        )

@@ -27,6 +27,7 @@ like core's in-memory store, so benchmarks can report what a workflow costs.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -134,6 +135,12 @@ class BlobClientStorage:
         if credentials is None:
             owned = default_credential()
             credentials = owned
+        get_token = getattr(credentials, "get_token", None)
+        if get_token is not None and not inspect.iscoroutinefunction(get_token):
+            raise TypeError(
+                f"{type(credentials).__name__} is a synchronous credential; BlobClientStorage "
+                "needs an async one (from azure.identity.aio)"
+            )
         container = ContainerClient(
             account_url=az_storage_url,
             container_name=container_name,
