@@ -521,7 +521,7 @@ async def test_warning_is_logged_when_a_task_nears_max_lock_renewal(
     @app.task()
     async def nearly_too_long(state: dict[str, int]) -> None:
         state["runs"] += 1
-        await asyncio.sleep(0.9)
+        await asyncio.sleep(0.95)
 
     task = await app.apply_async(nearly_too_long)
     worker = await app.run_until_idle(timeout=10, max_lock_renewal=1.0)

@@ -69,9 +69,10 @@ class LockRenewer:
         now = time.monotonic()
         left = (message.locked_until - datetime.now(UTC)).total_seconds()
         duration = max(left, MIN_TICK * 4)
-        self._held[id(message)] = _Held(message, label, now, duration, now + left)
+        held = _Held(message, label, now, duration, now + left)
+        self._held[id(message)] = held
         # Wake the renewer only if this lock is due before its next round.
-        if now + left - duration / 2 < self._next_round:
+        if self._due(held) < self._next_round:
             self._wake.set()
 
     def untrack(self, message: ReceivedMessage) -> bool:
@@ -95,6 +96,18 @@ class LockRenewer:
                 pass
             await self._renew_due()
 
+    def _due(self, held: _Held) -> float:
+        """When ``held`` next needs a look: its renewal, or its renewal limit's warning or end.
+
+        Rounds are planned for the limits too, so the warning and the give-up
+        do not wait for the next renewal (half a lock duration away).
+        """
+        limit = self._settings.max_lock_renewal
+        due = min(held.expires - held.duration / 2, held.since + limit)
+        if not held.warned:
+            due = min(due, held.since + limit * self._settings.lock_renewal_warning)
+        return due
+
     def _next_tick(self) -> float:
         if not self._held:
             return MAX_TICK
@@ -102,7 +115,7 @@ class LockRenewer:
         soonest = MAX_TICK
         for held in self._held.values():
             if not (held.lost or held.gave_up):
-                soonest = min(soonest, held.expires - held.duration / 2 - now)
+                soonest = min(soonest, self._due(held) - now)
         return min(MAX_TICK, max(MIN_TICK, soonest))
 
     async def _renew_due(self) -> None:
