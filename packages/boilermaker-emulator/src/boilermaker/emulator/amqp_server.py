@@ -25,12 +25,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from proton import Condition, Connection, Delivery, Link, Message, Session, Transport
+from proton import Connection, Delivery, Link, Message, Session, Transport
 from proton.handlers import IOHandler
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
-from .links import QueueInbox, QueueOutbox, ReplyOutbox, RequestInbox, is_receive_and_delete
-from .management import handle_management
+from .links import (
+    QueueInbox,
+    QueueOutbox,
+    RefusingInbox,
+    ReplyOutbox,
+    RequestInbox,
+    error_condition,
+    is_receive_and_delete,
+)
+from .management import ManagementReply, handle_management
 from .sas import TokenError, verify_sas_token
 from .store import Entity, Namespace, QueueNotFound
 
@@ -43,6 +51,8 @@ T = TypeVar("T")
 CBS_ADDRESS = "$cbs"
 MANAGEMENT_SUFFIX = "/$management"
 CONTAINER_ID = "boilermaker-emulator"
+NOT_FOUND = "amqp:not-found"
+UNAUTHORIZED = "amqp:unauthorized-access"
 
 
 class _QuietProtonResets(logging.Filter):
@@ -445,12 +455,17 @@ class AmqpServer:
     # -- links -----------------------------------------------------------------------
 
     def _refuse(self, link: Link, condition: str, description: str) -> None:
+        """Refuse a link the way the SDK reports well (see :class:`RefusingInbox`)."""
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
-        link.open()
-        link.condition = Condition(condition, description)
-        link.close()
         logger.info("refused link %r: %s", link.name, description)
+        if link.is_receiver:
+            link.role = RefusingInbox(link, condition, description)
+            link.open()
+            return
+        link.open()
+        link.condition = error_condition(condition, description)
+        link.close()
 
     def _attach(self, link: Link) -> None:
         peer = _peer_of(link.connection)
@@ -462,12 +477,12 @@ class AmqpServer:
             self._attach_request_link(link, peer, path, address or path)
             return
         if not (peer.authorized or self.accept_any_token):
-            self._refuse(link, "amqp:unauthorized-access", "put a valid SAS token on $cbs first")
+            self._refuse(link, UNAUTHORIZED, "put a valid SAS token on $cbs first")
             return
         try:
             entity = self.namespace.entity(path)
         except QueueNotFound:
-            self._refuse(link, "amqp:not-found", f"The messaging entity '{path}' could not be found.")
+            self._refuse(link, NOT_FOUND, _not_found(path))
             return
         except ValueError as exc:
             self._refuse(link, "amqp:invalid-field", str(exc))
@@ -502,19 +517,14 @@ class AmqpServer:
             return
         if path == CBS_ADDRESS:
             respond = self._cbs_responder(peer)
+        elif not (peer.authorized or self.accept_any_token):
+            respond = _refusal_responder(401, UNAUTHORIZED, "put a valid SAS token on $cbs first")
         else:
-            if not (peer.authorized or self.accept_any_token):
-                self._refuse(link, "amqp:unauthorized-access", "put a valid SAS token on $cbs first")
-                return
             entity_name = path[: -len(MANAGEMENT_SUFFIX)]
             try:
-                entity = self.namespace.entity(entity_name)
+                respond = _management_responder(self.namespace.entity(entity_name))
             except QueueNotFound:
-                self._refuse(
-                    link, "amqp:not-found", f"The messaging entity '{entity_name}' could not be found."
-                )
-                return
-            respond = _management_responder(entity)
+                respond = _refusal_responder(404, NOT_FOUND, _not_found(entity_name))
         link.role = RequestInbox(link, peer, address, respond)
         link.open()
 
@@ -553,7 +563,7 @@ class AmqpServer:
         if isinstance(role, QueueOutbox):
             if delivery.updated:
                 role.on_disposition(delivery, now)
-        elif isinstance(role, (QueueInbox, RequestInbox)):
+        elif isinstance(role, (QueueInbox, RequestInbox, RefusingInbox)):
             role.on_delivery(delivery, now)
         elif link.is_sender and delivery.settled:
             delivery.settle()
@@ -561,6 +571,21 @@ class AmqpServer:
 
 def _cbs_reply(status: int, description: str) -> Message:
     return Message(properties={"status-code": status, "status-description": description})
+
+
+def _not_found(path: str) -> str:
+    return f"The messaging entity '{path}' could not be found."
+
+
+def _refusal_responder(
+    status: int, condition: str, description: str
+) -> Callable[[Message, float], Message]:
+    reply = ManagementReply.error(status, condition, description)
+
+    def respond(request: Message, now: float) -> Message:
+        return Message(body=None, properties=reply.properties())
+
+    return respond
 
 
 def _management_responder(entity: Entity) -> Callable[[Message, float], Message]:

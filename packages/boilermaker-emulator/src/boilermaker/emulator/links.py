@@ -29,7 +29,7 @@ from .store import Entity, Settle
 if TYPE_CHECKING:
     from .amqp_server import Peer
 
-__all__ = ["QueueInbox", "QueueOutbox", "ReplyOutbox", "RequestInbox"]
+__all__ = ["QueueInbox", "QueueOutbox", "RefusingInbox", "ReplyOutbox", "RequestInbox"]
 
 logger = logging.getLogger("boilermaker.emulator")
 
@@ -138,6 +138,34 @@ class QueueInbox:
         for message in parsed:
             queue.enqueue(message, now)
         return ACCEPTED, None
+
+
+class RefusingInbox:
+    """A link to an entity the client may not send to: every transfer is rejected.
+
+    The SDK considers a sender open as soon as the attach is answered, so a
+    refusal (unknown queue, missing token) is reported on the first transfer,
+    where the SDK turns the condition into the matching error
+    (``MessagingEntityNotFoundError``, ``ServiceBusAuthorizationError``), and
+    the link is then closed with the same condition.
+    """
+
+    def __init__(self, link: Receiver, condition: str, description: str) -> None:
+        self.link = link
+        self.condition = condition
+        self.description = description
+        link.flow(1)
+
+    def on_delivery(self, delivery: Delivery, now: float) -> None:
+        if not delivery.readable or delivery.aborted or _read(self.link, delivery) is None:
+            return
+        self.link.advance()
+        if not delivery.settled:
+            delivery.local.condition = error_condition(self.condition, self.description)
+            delivery.update(REJECTED)
+        delivery.settle()
+        self.link.condition = error_condition(self.condition, self.description)
+        self.link.close()
 
 
 class QueueOutbox:
