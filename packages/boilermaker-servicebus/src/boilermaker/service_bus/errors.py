@@ -7,6 +7,7 @@ missing-entity errors never are, whatever the SDK's own ``retryable`` says.
 
 from __future__ import annotations
 
+from aio_azure_clients_toolbox.connection_pooling import ConnectionsExhausted
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
@@ -69,3 +70,24 @@ SDK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The first leaf of (nested) exception groups; ``exc`` itself if it is no group.
+
+    The toolbox's connection pool opens connections inside an anyio task group,
+    so whatever a connector raises arrives wrapped in an exception group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def as_broker_error(exc: BaseException, action: str) -> BrokerError:
+    """Any failure while doing ``action`` as a core broker error (groups unwrapped)."""
+    exc = innermost(exc)
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, ConnectionsExhausted):
+        return BrokerError(f"{action}: no pooled connection became available: {exc}")
+    return translate(exc, action)

@@ -30,7 +30,7 @@ from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeo
 
 from boilermaker.broker import BrokerError, OutgoingMessage
 from boilermaker.service_bus.connection import ServiceBusTarget
-from boilermaker.service_bus.errors import SDK_ERRORS, translate
+from boilermaker.service_bus.errors import SDK_ERRORS, as_broker_error, translate
 from boilermaker.service_bus.messages import to_sdk
 
 logger = logging.getLogger("boilermaker.service_bus")
@@ -177,12 +177,10 @@ class BatchingSender:
                 if not first.future.done():
                     first.future.set_exception(BrokerError("sender closed"))
                 raise
-            except connection_pooling.ConnectionsExhausted as exc:
-                self._fail([first], BrokerError(f"no connection to {self.queue_name}: {exc}"))
-            except BrokerError as exc:
-                self._fail([first], exc)
-            except SDK_ERRORS as exc:
-                self._fail([first], translate(exc, f"connecting to {self.queue_name}"))
+            except Exception as exc:
+                # Pool errors arrive wrapped in exception groups; whatever it is,
+                # fail this request and keep driving (a dead driver hangs every send).
+                self._fail([first], as_broker_error(exc, f"connecting to {self.queue_name}"))
 
     async def _send_burst(self, pooled: _PooledSender, first: _Request) -> None:
         requests = [first]
