@@ -7,6 +7,12 @@ many coroutines at once, so every operation here is queued and one driver
 coroutine performs them in order on the link. Receives are done in short
 slices, so settlements queued meanwhile never wait long; messages already
 prefetched are handed out without waiting at all.
+
+Completes and abandons queued together are pipelined: the driver sends each
+one's disposition, then waits once for all their outcomes, instead of one
+round trip per message. Each outcome is still checked on its own (a lost
+lock fails that message only), and one the service does not confirm is
+settled again through the management link, as the SDK itself does.
 """
 
 from __future__ import annotations
@@ -34,12 +40,32 @@ from boilermaker.service_bus.connection import ServiceBusTarget
 from boilermaker.service_bus.errors import SDK_ERRORS, translate
 from boilermaker.service_bus.messages import from_sdk
 
+try:  # The SDK's link internals, for pipelined settlement (sequential without them).
+    from azure.servicebus._common.constants import MESSAGE_MGMT_SETTLEMENT_TERM_MAP
+    from azure.servicebus._pyamqp.constants import LinkState
+    from azure.servicebus._pyamqp.error import AMQPException
+    from azure.servicebus._pyamqp.outcomes import Accepted, Modified
+    from azure.servicebus._pyamqp.receiver import (
+        DEFAULT_SETTLEMENT_OUTCOME_TIMEOUT,
+        check_disposition_outcome,
+    )
+
+    _PIPELINING = True
+except ImportError:  # pragma: no cover - another SDK version
+    _PIPELINING = False
+
 logger = logging.getLogger("boilermaker.service_bus")
 
 #: Longest single wait on an empty link before queued settlements get a turn.
 RECEIVE_SLICE = 0.05
 #: How long the SDK keeps pulling after a first message (its default is 0.2 s).
 FURTHER_PULL = 0.005
+#: Operations the driver pipelines when several are queued together.
+PIPELINED = frozenset({"complete", "abandon"})
+#: What an SDK call below the public API can raise.
+_SETTLE_ERRORS: tuple[type[BaseException], ...] = (
+    (AMQPException, *SDK_ERRORS) if _PIPELINING else SDK_ERRORS
+)
 
 
 @dataclass(slots=True)
@@ -200,27 +226,176 @@ class ServiceBusQueueReceiver:
 
     async def _drive(self) -> None:
         while True:
-            op = await self._ops.get()
-            if op is None:
-                return
-            if op.future.done():
+            turn = [await self._ops.get()]
+            while not self._ops.empty():
+                turn.append(self._ops.get_nowait())
+            index = 0
+            while index < len(turn):
+                op = turn[index]
+                index += 1
+                if op is None:
+                    for late in turn[index:]:
+                        if late is not None and not late.future.done():
+                            late.future.set_exception(BrokerError("receiver closed"))
+                    return
+                if op.kind in PIPELINED:
+                    batch = [op]
+                    while index < len(turn) and (nxt := turn[index]) and nxt.kind in PIPELINED:
+                        batch.append(nxt)
+                        index += 1
+                    await self._settle_together(batch)
+                else:
+                    await self._run(op)
+
+    async def _run(self, op: _Op) -> None:
+        """Perform one operation, resolving its future with the result or the error."""
+        if op.future.done():
+            return
+        try:
+            if op.kind == "receive":
+                await self._receive_slice(op)
+            else:
+                result = await self._perform(op)
+                if not op.future.done():
+                    op.future.set_result(result)
+        except SDK_ERRORS as exc:
+            self._fail(op, exc)
+        except Exception as exc:  # keep the driver alive for everyone else
+            self.counters.errors += 1
+            logger.exception("receiver driver: %s failed", op.kind)
+            if not op.future.done():
+                op.future.set_exception(exc)
+
+    def _fail(self, op: _Op, exc: BaseException) -> None:
+        self.counters.errors += 1
+        if not op.future.done():
+            op.future.set_exception(translate(exc, f"{op.kind} on {self.queue_name}"))
+
+    # -- pipelined settlement -------------------------------------------------------------
+
+    def _settlement_link(self) -> Any:
+        """The SDK link whose dispositions can be pipelined, or None to settle one by one."""
+        receiver = self._receiver
+        if not _PIPELINING or not getattr(receiver, "_await_settlement_outcome", False):
+            return None
+        link = getattr(getattr(receiver, "_handler", None), "_link", None)
+        needed = ("_pending_dispositions", "_outgoing_disposition", "_received_delivery_tags")
+        if link is None or not all(hasattr(link, name) for name in needed):
+            return None
+        return link
+
+    def _can_pipeline(self, link: Any, message: Any) -> bool:
+        """Whether the SDK would settle ``message`` over the link without complaint."""
+        try:
+            return bool(
+                message is not None
+                and getattr(self._receiver, "_running", False)
+                and not message._settled
+                and not message._is_deferred_message
+                and not message._is_peeked_message
+                and message._delivery_id is not None
+                and message._delivery_tag in link._received_delivery_tags
+                and not message._lock_expired
+            )
+        except (AttributeError, TypeError):
+            return False
+
+    async def _settle_together(self, ops: list[_Op]) -> None:
+        """Complete or abandon several messages with one wait for all their outcomes."""
+        ops = [op for op in ops if not op.future.done()]
+        link = self._settlement_link() if len(ops) > 1 else None
+        if link is None:
+            for op in ops:
+                await self._run(op)
+            return
+        sent: list[tuple[_Op, Any, int, str]] = []
+        for op in ops:
+            message: Any = op.message.handle if op.message is not None else None
+            if not self._can_pipeline(link, message):
+                await self._run(op)  # the SDK's own path raises the right error
+                continue
+            complete = op.kind == "complete"
+            state = (
+                Accepted()
+                if complete
+                else Modified(
+                    delivery_failed=True, undeliverable_here=False, message_annotations=None
+                )
+            )
+            delivery_id = message._delivery_id
+            link._pending_dispositions[delivery_id] = {"settled": False, "outcome": None}
+            try:
+                await link._outgoing_disposition(
+                    delivery_id, None, message._delivery_tag, False, state, None
+                )
+            except _SETTLE_ERRORS as exc:
+                link._pending_dispositions.pop(delivery_id, None)
+                self._fail(op, self._sdk_error(exc))
+                continue
+            sent.append((op, message, delivery_id, "accepted" if complete else "modified"))
+        if sent:
+            await self._await_outcomes(link, [delivery_id for _, _, delivery_id, _ in sent])
+        for op, message, delivery_id, expected in sent:
+            entry = link._pending_dispositions.pop(delivery_id, None)
+            if entry is None or not entry["settled"]:
+                await self._settle_by_lock_token(op, message)
                 continue
             try:
-                if op.kind == "receive":
-                    await self._receive_slice(op)
-                else:
-                    result = await self._perform(op)
-                    if not op.future.done():
-                        op.future.set_result(result)
-            except SDK_ERRORS as exc:
-                self.counters.errors += 1
-                if not op.future.done():
-                    op.future.set_exception(translate(exc, f"{op.kind} on {self.queue_name}"))
-            except Exception as exc:  # keep the driver alive for everyone else
-                self.counters.errors += 1
-                logger.exception("receiver driver: %s failed", op.kind)
-                if not op.future.done():
-                    op.future.set_exception(exc)
+                check_disposition_outcome(delivery_id, entry["outcome"], expected)
+            except AMQPException as exc:
+                self._fail(op, self._sdk_error(exc))
+                continue
+            message._settled = True
+            self.counters.settlements += 1
+            if not op.future.done():
+                op.future.set_result(None)
+
+    async def _await_outcomes(self, link: Any, delivery_ids: list[int]) -> None:
+        """Read frames until every outcome arrived, the link failed, or time ran out."""
+        pending = link._pending_dispositions
+        connection = link._session._connection
+        deadline = time.monotonic() + DEFAULT_SETTLEMENT_OUTCOME_TIMEOUT
+        while not all(pending[i]["settled"] for i in delivery_ids if i in pending):
+            if time.monotonic() >= deadline or link.state in (
+                LinkState.DETACHED,
+                LinkState.ERROR,
+            ):
+                return
+            try:
+                await connection.listen(wait=False)
+            except _SETTLE_ERRORS as exc:
+                logger.debug("waiting for settlement outcomes: %s", exc)
+                return
+
+    async def _settle_by_lock_token(self, op: _Op, message: Any) -> None:
+        """Settle over the management link: the SDK's fallback for an unconfirmed outcome."""
+        receiver = self._receiver
+        assert receiver is not None
+        try:
+            await receiver._settle_message_via_mgmt_link(
+                MESSAGE_MGMT_SETTLEMENT_TERM_MAP[op.kind], [message.lock_token]
+            )
+        except _SETTLE_ERRORS as exc:
+            self._fail(op, self._sdk_error(exc))
+            return
+        message._settled = True
+        self.counters.settlements += 1
+        if not op.future.done():
+            op.future.set_result(None)
+
+    def _sdk_error(self, exc: BaseException) -> BaseException:
+        """The SDK's own exception for a transport-level one (as its public calls raise)."""
+        if not isinstance(exc, AMQPException):
+            return exc
+        receiver = self._receiver
+        try:
+            return receiver._amqp_transport.create_servicebus_exception(  # type: ignore[union-attr]
+                logger,
+                exc,
+                custom_endpoint_address=receiver._config.custom_endpoint_address,  # type: ignore[union-attr]
+            )
+        except Exception:  # the conversion itself failed; keep the original
+            return exc
 
     def _buffered(self) -> int:
         handler = getattr(self._receiver, "_handler", None)
