@@ -88,10 +88,17 @@ class ServiceBusTarget:
         url = self.namespace_url or ""
         return urlparse(url if "://" in url else f"https://{url}").netloc
 
-    def client(self) -> tuple[ServiceBusClient, Any]:
-        """A new SDK client, and the credential it owns (to close with it), if any."""
+    def client(self, *, retry_total: int | None = None) -> tuple[ServiceBusClient, Any]:
+        """A new SDK client, and the credential it owns (to close with it), if any.
+
+        ``retry_total=0`` turns the SDK's own retries off, for clients whose
+        caller owns the retry policy (publishing: core's ``publish_attempts``).
+        The SDK retries authentication failures too, which would otherwise
+        take about 15 s to report a wrong key.
+        """
+        options: dict[str, Any] = {} if retry_total is None else {"retry_total": retry_total}
         if self.connection_string:
-            return ServiceBusClient.from_connection_string(self.connection_string), None
+            return ServiceBusClient.from_connection_string(self.connection_string, **options), None
         credential = self.credential
         owned = None
         if credential is None:
@@ -101,4 +108,4 @@ class ServiceBusTarget:
                 exclude_managed_identity_credential=not _include_msi(self.include_msi)
             )
             owned = credential
-        return ServiceBusClient(self.fully_qualified_namespace, credential), owned
+        return ServiceBusClient(self.fully_qualified_namespace, credential, **options), owned

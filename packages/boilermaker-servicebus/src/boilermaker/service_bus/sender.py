@@ -80,7 +80,9 @@ class SenderConnector(connection_pooling.AbstractorConnector):
         self.queue_name = queue_name
 
     async def create(self) -> connection_pooling.AbstractConnection:
-        client, credential = self.target.client()
+        # No SDK retries: core retries transient errors per publish_attempts, and
+        # a wrong key or size error must fail at once.
+        client, credential = self.target.client(retry_total=0)
         sender = client.get_queue_sender(queue_name=self.queue_name)
         return cast(
             connection_pooling.AbstractConnection, _PooledSender(client, credential, sender)
@@ -91,11 +93,8 @@ class SenderConnector(connection_pooling.AbstractorConnector):
         try:
             await pooled.sender.__aenter__()
         except SDK_ERRORS as exc:
-            error = translate(exc, f"opening a sender on {self.queue_name}")
-            if not error.transient:
-                raise error from exc
-            logger.warning("Sender readiness failed: %s", error)
-            return False
+            # Raised rather than returning False, so the caller sees why.
+            raise translate(exc, f"opening a sender on {self.queue_name}") from exc
         return True
 
 
