@@ -34,7 +34,7 @@ def strict_emulator() -> Iterator[ServiceBusEmulator]:
 async def test_wrong_sas_key_is_refused_fast(strict_emulator: ServiceBusEmulator) -> None:
     wrong = connection_string_for("127.0.0.1", strict_emulator.port, "app-policy", "not-the-key")
     started = time.monotonic()
-    # retry_total=0: with the SDK's default three retries its back-off alone adds ~11 s, as on Azure.
+    # retry_total=0: the SDK's default three retries add ~11 s of back-off, as on Azure.
     async with ServiceBusClient.from_connection_string(wrong, retry_total=0) as client:
         with pytest.raises(ServiceBusAuthenticationError) as refused:
             async with client.get_queue_sender("known") as sender:

@@ -208,9 +208,7 @@ async def test_two_receivers_share_a_queue_without_double_delivery(
 
     async def drain(prefetch: int) -> list[int]:
         seen: list[int] = []
-        async with client.get_queue_receiver(
-            servicebus_queue, prefetch_count=prefetch
-        ) as receiver:
+        async with client.get_queue_receiver(servicebus_queue, prefetch_count=prefetch) as receiver:
             while True:
                 batch = await receiver.receive_messages(max_message_count=20, max_wait_time=1.5)
                 if not batch:
@@ -220,6 +218,7 @@ async def test_two_receivers_share_a_queue_without_double_delivery(
                     await receiver.complete_message(message)
 
     first, second = await asyncio.gather(drain(10), drain(10))
-    assert first and second, "both receivers got work"
+    assert first, "the first receiver got work"
+    assert second, "the second receiver got work"
     assert sorted(first + second) == list(range(1, total + 1))
     assert servicebus_emulator.counts(servicebus_queue) == QueueCounts(0, 0, 0, 0, 0)

@@ -24,7 +24,8 @@ async def test_managed_sender_pool_schedules_messages(
         second = await sender.send_message("in a while", delay=60)
     finally:
         await sender.close()
-    assert len(first) == 1 and len(second) == 1
+    assert len(first) == 1
+    assert len(second) == 1
     assert second[0] > first[0]
     counts = servicebus_emulator.counts(servicebus_queue)
     # The pool's readiness probe schedules its own "ready" message on each new connection.

@@ -7,15 +7,18 @@ stops cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from .config import DEFAULT_KEY, DEFAULT_KEY_NAME, ConfigError, QueueSettings, load_config_file
+from .control import ControlServer
 from .server import EmulatorError, ServiceBusEmulator, is_loopback
 
 logger = logging.getLogger("boilermaker.emulator")
@@ -43,9 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="queues and settings in the JSON format of Microsoft's Service Bus emulator",
     )
     parser.add_argument("--store", metavar="PATH", help="keep messages in this SQLite file")
-    parser.add_argument(
-        "--accept-any-token", action="store_true", help="do not verify SAS tokens"
-    )
+    parser.add_argument("--accept-any-token", action="store_true", help="do not verify SAS tokens")
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"
     )
@@ -141,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _start_control(emulator: ServiceBusEmulator, stop: threading.Event):  # type: ignore[no-untyped-def]
-    from .control import ControlServer
+def _start_control(emulator: ServiceBusEmulator, stop: threading.Event) -> ControlServer:
+    """Serve the parent's control requests; stop when asked or when stdin closes."""
 
     def watch_stdin() -> None:
         try:
@@ -155,11 +156,11 @@ def _start_control(emulator: ServiceBusEmulator, stop: threading.Event):  # type
     def request_stop() -> None:
         stop.set()
 
-    handlers = {
+    handlers: dict[str, Callable[..., Any]] = {
         "create_queue": lambda data: emulator.create_queue(QueueSettings.from_dict(data)),
         "delete_queue": emulator.delete_queue,
         "purge_queue": emulator.purge_queue,
-        "counts": lambda name: emulator.counts(name).__dict__,
+        "counts": lambda name: dataclasses.asdict(emulator.counts(name)),
         "queue_names": emulator.queue_names,
         "drop_connections": emulator.drop_connections,
         "refuse_connections": emulator.refuse_connections,

@@ -22,10 +22,20 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from proton import Connection, Delivery, Link, Message, Session, Transport
+from proton import (
+    Connection,
+    Delivery,
+    Handler,
+    Link,
+    Message,
+    Receiver,
+    Sender,
+    Session,
+    Transport,
+)
 from proton.handlers import IOHandler
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
@@ -93,7 +103,7 @@ class Peer:
         return self.replies.get(fallback)
 
 
-class _Timer:
+class _Timer(Handler):
     def __init__(self, action: Callable[[], None]) -> None:
         self.action = action
 
@@ -121,10 +131,12 @@ class _Listener:
         self.selectable: Any = None
 
     def register(self, container: Container) -> None:
-        self.selectable = container.selectable(handler=self, delegate=self.sock)
-        self.selectable.reading = True
-        self.selectable._transport = None
-        container.update(self.selectable)
+        # The container treats a selectable's handler like its own acceptor.
+        selectable: Any = container.selectable(handler=cast(Any, self), delegate=self.sock)
+        selectable.reading = True
+        selectable._transport = None
+        container.update(selectable)
+        self.selectable = selectable
 
     def on_selectable_readable(self, event: Any) -> None:
         while True:
@@ -150,7 +162,7 @@ class _Listener:
             self.sock.close()
 
 
-class AmqpServer:
+class AmqpServer(Handler):
     """Serves a :class:`~boilermaker.emulator.store.Namespace` over AMQP on one thread."""
 
     def __init__(
@@ -361,11 +373,12 @@ class AmqpServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         container = self.container
-        connection = container.connection(self)
+        connection: Any = container.connection(self)
+        # Marks the connection as accepted so proton's IO handler does not dial out.
         connection._acceptor = self._listener
         transport = Transport(Transport.SERVER)
         transport.bind(connection)
-        selectable = container.selectable(delegate=sock)
+        selectable: Any = container.selectable(delegate=sock)
         selectable._transport = transport
         transport._selectable = selectable
         IOHandler.update(transport, selectable, container.now)
@@ -459,7 +472,7 @@ class AmqpServer:
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
         logger.info("refused link %r: %s", link.name, description)
-        if link.is_receiver:
+        if isinstance(link, Receiver):
             link.role = RefusingInbox(link, condition, description)
             link.open()
             return
@@ -489,12 +502,13 @@ class AmqpServer:
             return
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
-        if link.is_receiver:
+        if isinstance(link, Receiver):
             link.max_message_size = entity.queue.settings.max_message_size
             link.rcv_settle_mode = link.remote_rcv_settle_mode
             link.role = QueueInbox(link, entity)
             link.open()
             return
+        assert isinstance(link, Sender)
         receive_and_delete = is_receive_and_delete(link)
         link.snd_settle_mode = Link.SND_SETTLED if receive_and_delete else Link.SND_UNSETTLED
         link.rcv_settle_mode = link.remote_rcv_settle_mode
@@ -507,7 +521,7 @@ class AmqpServer:
     def _attach_request_link(self, link: Link, peer: Peer, path: str, address: str) -> None:
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
-        if link.is_sender:
+        if isinstance(link, Sender):
             outbox = ReplyOutbox(link)
             link.role = outbox
             peer.replies[address] = outbox
@@ -525,19 +539,23 @@ class AmqpServer:
                 respond = _management_responder(self.namespace.entity(entity_name))
             except QueueNotFound:
                 respond = _refusal_responder(404, NOT_FOUND, _not_found(entity_name))
+        assert isinstance(link, Receiver)
         link.role = RequestInbox(link, peer, address, respond)
         link.open()
 
     def _cbs_responder(self, peer: Peer) -> Callable[[Message, float], Message]:
         def respond(request: Message, now: float) -> Message:
-            props = request.properties or {}
+            props: dict[Any, Any] = request.properties or {}
             if props.get("operation") != "put-token":
                 return _cbs_reply(400, f"unsupported CBS operation {props.get('operation')!r}")
             if self.accept_any_token:
                 peer.authorized = True
                 return _cbs_reply(202, "Accepted")
+            token = request.body
+            if not isinstance(token, (str, bytes)):
+                return _cbs_reply(400, "put-token body must be the token string")
             try:
-                verify_sas_token(request.body, self.key_name, self.key, now=now)
+                verify_sas_token(token, self.key_name, self.key, now=now)
             except TokenError as exc:
                 logger.info("CBS put-token refused: %s", exc.description)
                 return _cbs_reply(exc.status, exc.description)
@@ -590,7 +608,7 @@ def _refusal_responder(
 
 def _management_responder(entity: Entity) -> Callable[[Message, float], Message]:
     def respond(request: Message, now: float) -> Message:
-        props = request.properties or {}
+        props: dict[Any, Any] = request.properties or {}
         reply = handle_management(entity, str(props.get("operation", "")), request.body, now)
         return Message(body=reply.body, properties=reply.properties())
 

@@ -15,11 +15,11 @@ import uuid
 from typing import Any, NamedTuple
 
 __all__ = [
+    "APPLICATION_PROPERTIES",
+    "DATA",
     "HEADER",
     "MESSAGE_ANNOTATIONS",
     "PROPERTIES",
-    "APPLICATION_PROPERTIES",
-    "DATA",
     "CodecError",
     "Described",
     "Section",

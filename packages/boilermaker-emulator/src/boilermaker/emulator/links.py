@@ -37,7 +37,6 @@ logger = logging.getLogger("boilermaker.emulator")
 INBOX_CREDIT = 1000
 
 
-
 def error_condition(name: str, description: str) -> Condition:
     """A delivery error as Service Bus sends it: condition, description and an info map.
 
@@ -58,6 +57,11 @@ ACCEPTED = Delivery.ACCEPTED
 REJECTED = Delivery.REJECTED
 MODIFIED = Delivery.MODIFIED
 RELEASED = Delivery.RELEASED
+
+
+def _new_delivery(link: Sender, tag: bytes) -> Delivery:
+    # Proton accepts binary delivery tags; its type hint only names str.
+    return link.delivery(tag)  # type: ignore[arg-type]
 
 
 def _top_up(link: Receiver) -> None:
@@ -118,14 +122,18 @@ class QueueInbox:
         queue = self.entity.queue
         limit = queue.settings.max_message_size
         if len(data) > limit:
-            logger.info("queue %s: refused a %d-byte transfer (limit %d)", queue.name, len(data), limit)
+            logger.info(
+                "queue %s: refused a %d-byte transfer (limit %d)", queue.name, len(data), limit
+            )
             return REJECTED, error_condition(
                 "amqp:link:message-size-exceeded",
                 f"The received message (size {len(data)} bytes) exceeds the limit "
                 f"({limit} bytes) currently allowed on the link.",
             )
         if self.entity.dead_letter:
-            return REJECTED, error_condition("amqp:not-allowed", "Cannot send to a dead-letter queue.")
+            return REJECTED, error_condition(
+                "amqp:not-allowed", "Cannot send to a dead-letter queue."
+            )
         try:
             sections = codec.split_sections(data)
             batch = split_batch(data, sections)
@@ -197,7 +205,7 @@ class QueueOutbox:
             tag = uuid.uuid4().bytes_le
             payload = render(message, entity.payload(message))
         link = self.link
-        delivery = link.delivery(tag)
+        delivery = _new_delivery(link, tag)
         link.stream(payload)
         link.advance()
         if self.peek_lock:
@@ -276,7 +284,7 @@ class ReplyOutbox:
     def flush(self) -> None:
         link = self.link
         while self.pending and link.credit > 0:
-            delivery = link.delivery(uuid.uuid4().bytes)
+            delivery = _new_delivery(link, uuid.uuid4().bytes)
             link.stream(self.pending.popleft())
             link.advance()
             delivery.settle()
@@ -323,11 +331,12 @@ class RequestInbox:
         reply.correlation_id = request.id
         outbox = self.peer.reply_link(request.reply_to, self.address)
         if outbox is None:
-            logger.warning("%s: no reply link for %r; reply dropped", self.address, request.reply_to)
+            logger.warning(
+                "%s: no reply link for %r; reply dropped", self.address, request.reply_to
+            )
             return
         outbox.send(reply.encode())
 
 
 def is_receive_and_delete(link: Link) -> bool:
     return link.remote_snd_settle_mode == Link.SND_SETTLED
-

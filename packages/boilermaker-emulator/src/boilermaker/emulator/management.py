@@ -80,7 +80,9 @@ def _key(body: dict[Any, Any], name: str) -> Any:
 
 def _schedule(entity: Entity, body: dict[Any, Any], now: float) -> ManagementReply:
     if entity.dead_letter:
-        return ManagementReply.error(400, ARGUMENT_ERROR, "cannot schedule into a dead-letter queue")
+        return ManagementReply.error(
+            400, ARGUMENT_ERROR, "cannot schedule into a dead-letter queue"
+        )
     queue = entity.queue
     sequence_numbers: list[int] = []
     for item in _elements(_key(body, "messages")):
@@ -97,13 +99,17 @@ def _schedule(entity: Entity, body: dict[Any, Any], now: float) -> ManagementRep
         except codec.CodecError as exc:
             return ManagementReply.error(400, ARGUMENT_ERROR, f"undecodable message: {exc}")
         sequence_numbers.append(queue.enqueue(parsed, now))
-    return ManagementReply(200, body={"sequence-numbers": Array(None, Data.LONG, *sequence_numbers)})
+    return ManagementReply(
+        200, body={"sequence-numbers": Array(None, Data.LONG, *sequence_numbers)}
+    )
 
 
 def _cancel(entity: Entity, body: dict[Any, Any], now: float) -> ManagementReply:
     seqs = [int(s) for s in _elements(_key(body, "sequence-numbers"))]
     if entity.dead_letter or not entity.queue.cancel_scheduled(seqs):
-        return ManagementReply.error(404, NOT_FOUND, "no scheduled message with that sequence number")
+        return ManagementReply.error(
+            404, NOT_FOUND, "no scheduled message with that sequence number"
+        )
     return ManagementReply(200, body={})
 
 
@@ -134,11 +140,15 @@ def _receive_deferred(entity: Entity, body: dict[Any, Any], now: float) -> Manag
     peek_lock = int(body.get("receiver-settle-mode", 1)) != 0
     found = entity.receive_deferred(seqs, now, peek_lock)
     if found is None:
-        return ManagementReply.error(404, NOT_FOUND, "no deferred message with that sequence number")
+        return ManagementReply.error(
+            404, NOT_FOUND, "no deferred message with that sequence number"
+        )
     messages = []
     for m in found:
         locked_until = int(m.locked_until * 1000) if peek_lock else None
-        item: dict[str, Any] = {"message": render(m, entity.payload(m), locked_until_ms=locked_until)}
+        item: dict[str, Any] = {
+            "message": render(m, entity.payload(m), locked_until_ms=locked_until)
+        }
         if peek_lock and m.lock_token is not None:
             item["lock-token"] = m.lock_token
         messages.append(item)
@@ -192,4 +202,3 @@ def handle_management(entity: Entity, operation: str, body: Any, now: float) -> 
         return ManagementReply.error(400, ARGUMENT_ERROR, f"missing {exc.args[0]!r}")
     except (TypeError, ValueError) as exc:
         return ManagementReply.error(400, ARGUMENT_ERROR, str(exc))
-

@@ -206,18 +206,16 @@ def render(
             ("x-opt-scheduled-enqueue-time", codec.encode_timestamp(message.scheduled_ms))
         )
     if message.dead_letter_source is not None:
-        entries.append(
-            ("x-opt-deadletter-source", codec.encode_string(message.dead_letter_source))
-        )
+        entries.append(("x-opt-deadletter-source", codec.encode_string(message.dead_letter_source)))
     header = codec.encode_header(
         message.durable, message.priority, message.ttl_ms, message.delivery_count
     )
-    return (
-        header + codec.encode_message_annotations(entries, message.annotations) + payload
-    )
+    return header + codec.encode_message_annotations(entries, message.annotations) + payload
 
 
-def with_dead_letter_properties(payload: bytes, reason: str | None, description: str | None) -> bytes:
+def with_dead_letter_properties(
+    payload: bytes, reason: str | None, description: str | None
+) -> bytes:
     """Return ``payload`` with the ``DeadLetterReason``/``DeadLetterErrorDescription`` set.
 
     The SDK reads a dead-lettered message's reason and description from its

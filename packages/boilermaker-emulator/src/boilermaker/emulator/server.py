@@ -83,7 +83,9 @@ class _InThread:
             key=emulator.key,
             accept_any_token=emulator.accept_any_token,
         )
-        self.thread = threading.Thread(target=self.server.run, name="servicebus-emulator", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, name="servicebus-emulator", daemon=True
+        )
         self.thread.start()
         self.port = self.server.port
         self.pid = os.getpid()
@@ -156,7 +158,9 @@ class _InProcess:
         )
         self.pid = self.process.pid
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read_stdout, name="emulator-stdout", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_stdout, name="emulator-stdout", daemon=True
+        )
         self._reader.start()
         control_port = self.port = 0
         try:
@@ -304,7 +308,9 @@ class ServiceBusEmulator:
         if self._backend is not None:
             raise EmulatorError("the emulator is already running")
         self._backend = _InThread(self) if self.mode == "thread" else _InProcess(self)
-        logger.info("Service Bus emulator (%s mode) listening on %s:%d", self.mode, self.host, self.port)
+        logger.info(
+            "Service Bus emulator (%s mode) listening on %s:%d", self.mode, self.host, self.port
+        )
         return self
 
     def stop(self) -> None:

@@ -122,7 +122,10 @@ class Entity:
         """A delivery ended without settlement (abandon or lock lapse)."""
         self._unlock(message)
         message.delivery_count += 1
-        if not self.dead_letter and message.delivery_count >= self.queue.settings.max_delivery_count:
+        if (
+            not self.dead_letter
+            and message.delivery_count >= self.queue.settings.max_delivery_count
+        ):
             n = message.delivery_count
             self.queue.move_to_dead_letter(
                 message, MAX_DELIVERY_REASON, MAX_DELIVERY_DESCRIPTION.format(n=n)
