@@ -69,8 +69,9 @@ def test_seed_readme_chain_builds_as_written() -> None:
     assert graph.all_failed_callback is None
     for task in graph.tasks.values():
         assert task.graph_id == graph.graph_id
-    # The caller's tasks are not modified by building.
-    assert fetch_task.graph_id is None
+    # The caller's own tasks are stamped too, so app.get_result(fetch_task) finds the graph.
+    assert fetch_task.graph_id == graph.graph_id
+    assert graph.tasks[fetch_task.task_id] is not fetch_task
 
 
 def test_failure_handler_given_to_add_and_then() -> None:

@@ -428,11 +428,6 @@ async def test_republishing_a_graph_id_with_other_tasks_is_refused(
     assert broker.sent_count == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graph_dispatch.publish marks roots Scheduled only after every batch was sent, "
-    "so a retry after a partly sent batch publishes the sent roots again",
-)
 async def test_partly_failed_root_publish_is_not_duplicated_by_the_second_call() -> None:
     inner = InMemoryBroker(max_message_size=2048)
     flaky = FlakyBroker(inner)

@@ -43,6 +43,8 @@ def configure_json_logging(level: int = logging.INFO, stream: object = None) -> 
     logger = logging.getLogger("boilermaker")
     logger.addHandler(handler)
     logger.setLevel(level)
+    # One line per record even when the root logger has a handler too.
+    logger.propagate = False
     return handler
 
 

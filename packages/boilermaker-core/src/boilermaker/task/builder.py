@@ -218,6 +218,9 @@ class TaskGraphBuilder:
             for parent in parents:
                 children.setdefault(parent, []).append(task_id)
         self._check_acyclic(children)
+        # Stamp the caller's own tasks too, so get_result(task) finds graph records.
+        for task in self._tasks.values():
+            task.graph_id = self._graph_id
         tasks = {
             task_id: task.model_copy(update={"graph_id": self._graph_id})
             for task_id, task in self._tasks.items()
