@@ -1,0 +1,100 @@
+"""Fixtures for the Service Bus transport tests.
+
+Emulator tests use the session emulator from ``boilermaker-emulator``'s pytest
+plugin (``servicebus_emulator``) and make queues with per-test settings.
+Tests marked ``live`` talk to a real namespace and are skipped unless
+``BOILERMAKER_LIVE_SERVICE_BUS`` holds a connection string (queue name from
+``BOILERMAKER_LIVE_QUEUE``, default ``boilermaker-live``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from boilermaker.emulator import QueueNotFound, QueueSettings, ServiceBusEmulator
+from boilermaker.service_bus import AzureServiceBus
+
+LIVE_CONNECTION_ENV = "BOILERMAKER_LIVE_SERVICE_BUS"
+LIVE_QUEUE_ENV = "BOILERMAKER_LIVE_QUEUE"
+LIVE_QUEUE_DEFAULT = "boilermaker-live"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``live`` tests unless a real namespace is configured."""
+    if os.environ.get(LIVE_CONNECTION_ENV, "").strip():
+        return
+    skip = pytest.mark.skip(
+        reason=f"live Service Bus test: set {LIVE_CONNECTION_ENV} to a connection string"
+    )
+    for item in items:
+        if "live" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def live_connection_string() -> str:
+    """The real namespace's connection string (live tests only)."""
+    value = os.environ.get(LIVE_CONNECTION_ENV, "").strip()
+    if not value:
+        pytest.skip(f"set {LIVE_CONNECTION_ENV} to run live tests")
+    return value
+
+
+@pytest.fixture
+def live_queue_name() -> str:
+    """The real namespace's queue for live tests."""
+    return os.environ.get(LIVE_QUEUE_ENV, "").strip() or LIVE_QUEUE_DEFAULT
+
+
+@pytest.fixture
+def new_queue(servicebus_emulator: ServiceBusEmulator) -> Iterator[Callable[..., str]]:
+    """Make queues with the given settings on the session emulator; deleted afterwards."""
+    created: list[str] = []
+
+    def make(**settings: Any) -> str:
+        name = f"sb-{uuid.uuid4().hex[:12]}"
+        servicebus_emulator.create_queue(QueueSettings(name=name, **settings))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            servicebus_emulator.delete_queue(name)
+        except QueueNotFound:
+            pass
+
+
+@pytest.fixture
+async def make_broker(
+    servicebus_emulator: ServiceBusEmulator,
+) -> AsyncIterator[Callable[..., AzureServiceBus]]:
+    """Build ``AzureServiceBus`` brokers on emulator queues; all closed afterwards."""
+    brokers: list[AzureServiceBus] = []
+
+    def make(queue_name: str, **kwargs: Any) -> AzureServiceBus:
+        broker = AzureServiceBus.from_connection_string(
+            servicebus_emulator.connection_string, queue_name, **kwargs
+        )
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+def wrong_key(connection_string: str) -> str:
+    """The connection string with its SharedAccessKey replaced by another valid-looking key."""
+    parts = [
+        "SharedAccessKey=d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXkgd3Jvbmc="
+        if part.startswith("SharedAccessKey=")
+        else part
+        for part in connection_string.split(";")
+    ]
+    return ";".join(parts)
