@@ -209,7 +209,12 @@ async def test_workers_racing_on_one_graph_run_every_node_exactly_once(workers: 
     steps.retries["mid-3"] = 1
     graph = fan_graph(app, 20)
     await app.publish_graph(graph)
-    await asyncio.gather(*(app.run_until_idle(timeout=30, concurrency=4) for _ in range(workers)))
+    # One app per worker, as separate worker processes would have: nothing
+    # shared in memory, so they race on the records in the store.
+    apps = [Boilermaker(steps, broker, results_storage=store) for _ in range(workers)]
+    for each in apps:
+        each.register_async(step, policy=RetryPolicy(max_tries=5, delay=0))
+    await asyncio.gather(*(each.run_until_idle(timeout=30, concurrency=4) for each in apps))
 
     assert set(steps.finished) == names(graph)
     assert set(steps.finished.values()) == {1}

@@ -39,9 +39,13 @@ from typing import Literal, TypeVar
 from boilermaker.ids import GraphId, TaskId
 from boilermaker.publishing import Publication, Publisher, batches_by_size
 from boilermaker.results import (
+    FAILED,
+    NOT_YET,
+    SUCCEEDED,
+    CoalescingRecords,
     GraphStatusRecord,
+    Mutation,
     NodeRecord,
-    Records,
     graph_blob,
     graph_status_blob,
     node_blob,
@@ -67,6 +71,7 @@ class Claim:
 
     kind: ClaimKind
     record: NodeRecord | None = None
+    etag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +107,11 @@ class GraphRuntime:
 
     def __init__(self, store: ResultsStore, publisher: Publisher, cache_size: int = 512) -> None:
         self.store = store
-        self.records = Records(store)
+        self.records = CoalescingRecords(store)
         self.publisher = publisher
+        # The record and ETag each running node was claimed at, so recording
+        # its outcome is one conditional write rather than a read and a write.
+        self._claimed: OrderedDict[tuple[str, str], tuple[NodeRecord, str]] = OrderedDict()
         self._cache: OrderedDict[str, TaskGraph] = OrderedDict()
         self._cache_size = cache_size
 
@@ -232,10 +240,32 @@ class GraphRuntime:
             record.attempt = task.attempts.attempts
             record.expected_message_id = None
             try:
-                await self.records.put(name, record, if_match=etag)
+                new_etag = await self.records.put(name, record, if_match=etag)
             except PreconditionFailed:
                 continue
-            return Claim("run", record)
+            self._claimed[(task.graph_id, task.task_id)] = (record, new_etag)
+            while len(self._claimed) > 10_000:
+                self._claimed.popitem(last=False)
+            return Claim("run", record, new_etag)
+
+    async def _update_claimed(self, task: Task, mutate: Mutation) -> NodeRecord | None:
+        """Apply ``mutate`` to a node this process claimed: one write if nobody else
+        wrote since the claim, else a read-modify-write."""
+        assert task.graph_id is not None
+        name = node_blob(task.graph_id, task.task_id)
+        held = self._claimed.pop((task.graph_id, task.task_id), None)
+        if held is not None:
+            record, etag = held
+            changed = mutate(record.model_copy(deep=True))
+            if changed is None:
+                return record
+            try:
+                await self.records.put(name, changed, if_match=etag)
+            except PreconditionFailed:
+                pass
+            else:
+                return changed
+        return await self.records.update(name, mutate)
 
     async def mark_retry(self, task: Task, message_id: str, retry_at: datetime) -> None:
         """Record that the node waits for its retry message ``message_id``.
@@ -254,7 +284,7 @@ class GraphRuntime:
             rec.retry_at = retry_at
             return rec
 
-        await self.records.update(node_blob(task.graph_id, task.task_id), mutate)
+        await self._update_claimed(task, mutate)
 
     async def finish(
         self,
@@ -279,7 +309,7 @@ class GraphRuntime:
             rec.attempt = task.attempts.attempts
             return rec
 
-        return await self.records.update(node_blob(task.graph_id, task.task_id), mutate)
+        return await self._update_claimed(task, mutate)
 
     # -- continuation ------------------------------------------------------------------
 
@@ -290,90 +320,156 @@ class GraphRuntime:
             raise ValueError(f"node {task_id} has not settled (status {record.status})")
         if task_id == graph.all_failed_callback:
             return
-        failure_seen = record.failure_seen or outcome == "failed"
+        failure_seen = record.failure_seen or outcome == FAILED
         targets = graph.notified_by(task_id)
         if not targets:
-            await self._notify_end(graph, task_id, outcome, failure_seen)
+            await self._arrive_at_end(graph, task_id, outcome, failure_seen)
             return
         await asyncio.gather(
-            *(self._notify(graph, child, task_id, outcome, failure_seen) for child in targets)
+            *(self._arrive(graph, child, task_id, outcome, failure_seen) for child in targets)
         )
 
-    async def _notify(
+    def _ready(self, graph: TaskGraph, child: TaskId, arrivals: str) -> bool:
+        if child in graph.failure_parent:
+            return arrivals == FAILED
+        return arrivals == SUCCEEDED * len(arrivals)
+
+    async def _arrive(
         self, graph: TaskGraph, child: TaskId, parent: TaskId, outcome: str, failure_seen: bool
     ) -> None:
+        """Record ``parent``'s outcome on ``child``; the arrival that completes the set
+        decides for the child in the same write: Scheduled (then published) or skipped."""
+        size = len(graph.waits_on(child))
+        slot = graph.wait_positions[child][parent]
+        seen = {"already": False, "decided": ""}
+
         def arrive(rec: NodeRecord) -> NodeRecord | None:
-            if parent in rec.arrived:
+            seen["already"], seen["decided"] = False, ""
+            arrivals = rec.arrivals_of(size)
+            if arrivals[slot] != NOT_YET:
+                seen["already"] = True
                 return None
-            rec.arrived[parent] = outcome
+            arrivals = arrivals[:slot] + outcome + arrivals[slot + 1 :]
+            rec.arrivals = arrivals
             rec.failure_seen = rec.failure_seen or failure_seen
+            if NOT_YET not in arrivals and rec.status is TaskStatus.Pending and not rec.skipped:
+                if self._ready(graph, child, arrivals):
+                    rec.status = TaskStatus.Scheduled
+                    seen["decided"] = "dispatch"
+                else:
+                    rec.skipped = True
+                    seen["decided"] = "skip"
             return rec
 
-        name = node_blob(graph.graph_id, child)
-        record = await self.records.update(name, arrive)
+        record = await self.records.update_together(node_blob(graph.graph_id, child), arrive)
         if record is None:
             logger.error("Graph %s has no record for task %s", graph.graph_id, child)
             return
-        waits_on = graph.waits_on(child)
-        if any(p not in record.arrived for p in waits_on):
-            return
+        if seen["decided"] == "dispatch":
+            try:
+                await self._publish_node(graph, child)
+            except Exception:
+                await self._unschedule(graph, child)
+                raise
+        elif seen["decided"] == "skip":
+            await self.continue_from(graph, child, record)
+        elif seen["already"] and record.all_arrived(size):
+            await self._repeat_decision(graph, child, record, size)
+
+    async def _repeat_decision(
+        self, graph: TaskGraph, child: TaskId, record: NodeRecord, size: int
+    ) -> None:
+        """A continuation run again (redelivery, recovery): redo what the deciding
+        arrival did, in case it was cut short. Duplicates are resolved by the claim."""
         if record.skipped:
-            # Settled before; repeat its continuation in case that was cut short.
             await self.continue_from(graph, child, record)
             return
-        if record.status is not TaskStatus.Pending:
+        if record.status not in (TaskStatus.Pending, TaskStatus.Scheduled):
             return
-        if child in graph.failure_parent:
-            ready = record.arrived.get(graph.failure_parent[child]) == "failed"
-        else:
-            ready = all(record.arrived[p] == "success" for p in waits_on)
-        if ready:
+        if not self._ready(graph, child, record.arrivals_of(size)):
+            await self._settle_as_skipped(graph, child)
+            return
+        if record.status is TaskStatus.Pending:
             await self.dispatch(graph, child)
-            return
+        else:
+            await self._publish_node(graph, child)
 
+    async def _unschedule(self, graph: TaskGraph, task_id: TaskId) -> None:
+        """Put a node whose publish failed back to Pending, so it reads as ready but
+        unsent (recover finds it at once) rather than as waiting in the queue."""
+
+        def revert(rec: NodeRecord) -> NodeRecord | None:
+            if rec.status is not TaskStatus.Scheduled or rec.claimed_by is not None:
+                return None
+            rec.status = TaskStatus.Pending
+            return rec
+
+        try:
+            await self.records.update(node_blob(graph.graph_id, task_id), revert)
+        except Exception:
+            logger.exception(
+                "Could not return task %s of graph %s to Pending", task_id, graph.graph_id
+            )
+
+    async def _publish_node(self, graph: TaskGraph, task_id: TaskId) -> None:
+        await self.publisher.publish([Publication(graph.task(task_id), message_id=str(task_id))])
+
+    async def _settle_as_skipped(self, graph: TaskGraph, task_id: TaskId) -> None:
         def skip(rec: NodeRecord) -> NodeRecord | None:
             if rec.status is not TaskStatus.Pending or rec.skipped:
                 return None
             rec.skipped = True
             return rec
 
-        skipped = await self.records.update(name, skip)
-        if skipped is not None and skipped.skipped:
-            await self.continue_from(graph, child, skipped)
+        record = await self.records.update(node_blob(graph.graph_id, task_id), skip)
+        if record is not None and record.skipped:
+            await self.continue_from(graph, task_id, record)
 
-    async def _notify_end(
+    async def _arrive_at_end(
         self, graph: TaskGraph, sink: TaskId, outcome: str, failure_seen: bool
     ) -> None:
+        """Record a sink's outcome on the graph-status record; the last one ends the graph."""
+        size = len(graph.sink_ids)
+        slot = graph.sink_positions[sink]
+
         def arrive(rec: NodeRecord) -> NodeRecord | None:
-            if sink in rec.arrived:
+            arrivals = rec.arrivals_of(size)
+            if arrivals[slot] != NOT_YET:
                 return None
-            rec.arrived[sink] = outcome
+            rec.arrivals = arrivals[:slot] + outcome + arrivals[slot + 1 :]
             rec.failure_seen = rec.failure_seen or failure_seen
-            if len(rec.arrived) == len(graph.sink_ids):
+            if rec.all_arrived(size):
                 rec.status = TaskStatus.Failure if rec.failure_seen else TaskStatus.Success
             return rec
 
-        record = await self.records.update(graph_status_blob(graph.graph_id), arrive)
-        if record is None or not record.status.finished:
-            return
+        record = await self.records.update_together(graph_status_blob(graph.graph_id), arrive)
+        if record is not None and record.status.finished:
+            await self._settle_all_failed_callback(graph, record.failure_seen)
+
+    async def _settle_all_failed_callback(self, graph: TaskGraph, failed: bool) -> None:
+        """After the graph ended: dispatch the all-failed callback if anything failed,
+        else mark it skipped. Safe to repeat."""
         callback = graph.all_failed_callback
         if callback is None:
             return
-        name = node_blob(graph.graph_id, callback)
-        got = await self.records.get(name)
-        if got is None or got[0].status is not TaskStatus.Pending or got[0].skipped:
-            return
-        if record.failure_seen:
-            await self.dispatch(graph, callback)
-        else:
+        decided = {"dispatch": False}
 
-            def skip(rec: NodeRecord) -> NodeRecord | None:
-                if rec.status is not TaskStatus.Pending or rec.skipped:
-                    return None
+        def decide(rec: NodeRecord) -> NodeRecord | None:
+            decided["dispatch"] = False
+            if rec.status is not TaskStatus.Pending or rec.skipped:
+                return None
+            if failed:
+                rec.status = TaskStatus.Scheduled
+                decided["dispatch"] = True
+            else:
                 rec.skipped = True
-                return rec
+            return rec
 
-            await self.records.update(name, skip)
+        record = await self.records.update(node_blob(graph.graph_id, callback), decide)
+        if record is None:
+            return
+        if decided["dispatch"] or (failed and record.status is TaskStatus.Scheduled):
+            await self._publish_node(graph, callback)
 
     # -- inspection and recovery -------------------------------------------------------
 
@@ -429,30 +525,23 @@ class GraphRuntime:
                 await self._redispatch(graph, task_id)
                 acted.append(task_id)
                 continue
-            waits_on = graph.waits_on(task_id)
-            is_root = task_id in graph.root_ids
-            if is_root or (waits_on and all(p in record.arrived for p in waits_on)):
-                if is_root:
-                    await self.dispatch(graph, task_id)
-                else:
-                    # Re-run the decision the last arrival should have made.
-                    parent = waits_on[0]
-                    await self._notify(
-                        graph,
-                        task_id,
-                        parent,
-                        record.arrived[parent],
-                        record.failure_seen,
-                    )
+            size = len(graph.waits_on(task_id))
+            if task_id in graph.root_ids:
+                await self.dispatch(graph, task_id)
+                acted.append(task_id)
+            elif size and record.all_arrived(size):
+                # Re-run the decision the last arrival should have made.
+                await self._repeat_decision(graph, task_id, record, size)
                 acted.append(task_id)
         end = await self.records.get(graph_status_blob(graph_id))
         callback = graph.all_failed_callback
         if callback is not None and end is not None and end[0].status.finished:
             got = await self.records.get(node_blob(graph_id, callback))
             pending = got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped
-            if pending and end[0].failure_seen:
-                await self.dispatch(graph, callback)
-                acted.append(callback)
+            if pending:
+                await self._settle_all_failed_callback(graph, end[0].failure_seen)
+                if end[0].failure_seen:
+                    acted.append(callback)
         return acted
 
     async def _redispatch(self, graph: TaskGraph, task_id: TaskId) -> None:

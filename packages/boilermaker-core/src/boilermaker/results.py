@@ -13,6 +13,7 @@ overwrite each other.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +26,9 @@ from boilermaker.results_store import BlobExists, PreconditionFailed, ResultsSto
 from boilermaker.task.status import TaskResult, TaskStatus
 
 PREFIX = "task-results"
+
+#: Arrival codes: one character per edge in a record's ``arrivals``.
+NOT_YET, SUCCEEDED, FAILED, SKIPPED = ".", "s", "f", "k"
 
 
 def graph_blob(graph_id: str) -> str:
@@ -47,6 +51,9 @@ def standalone_blob(task_id: str) -> str:
     return f"{PREFIX}/{task_id}/{task_id}.json"
 
 
+Mutation = Callable[["NodeRecord"], "NodeRecord | None"]
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -54,8 +61,10 @@ def _now() -> datetime:
 class NodeRecord(TaskResult):
     """A task's result plus the bookkeeping graph dispatch needs.
 
-    ``arrived`` maps each parent (or the failed task, for a failure handler)
-    that has settled to its outcome: ``success``, ``failed`` or ``skipped``.
+    ``arrivals`` has one character per task this node waits on (its parents,
+    or the failed task for a failure handler), in the graph's order: ``.``
+    not settled yet, ``s`` succeeded, ``f`` failed, ``k`` skipped. One byte
+    per edge keeps a wide join's record small however many parents it has.
     ``skipped`` means the node will never run. ``claimed_by`` is the sequence
     number of the message whose worker claimed the node.
     """
@@ -63,7 +72,7 @@ class NodeRecord(TaskResult):
     attempt: int = 0
     claimed_by: int | None = None
     expected_message_id: str | None = None
-    arrived: dict[str, str] = Field(default_factory=dict)
+    arrivals: str = ""
     failure_seen: bool = False
     skipped: bool = False
     created_at: datetime = Field(default_factory=_now)
@@ -72,14 +81,22 @@ class NodeRecord(TaskResult):
 
     @property
     def outcome(self) -> str | None:
-        """What this node tells its dependents once settled, else None."""
+        """What this node tells its dependents once settled (an arrival code), else None."""
         if self.skipped:
-            return "skipped"
+            return SKIPPED
         if self.status is TaskStatus.Success:
-            return "success"
+            return SUCCEEDED
         if self.status.failed:
-            return "failed"
+            return FAILED
         return None
+
+    def arrivals_of(self, size: int) -> str:
+        """The arrival codes, padded to ``size`` slots."""
+        return self.arrivals.ljust(size, NOT_YET)
+
+    def all_arrived(self, size: int) -> bool:
+        """Whether every one of ``size`` slots has an outcome."""
+        return NOT_YET not in self.arrivals_of(size)
 
 
 class GraphStatusRecord(NodeRecord):
@@ -138,9 +155,7 @@ class Records:
             if_match=if_match,
         )
 
-    async def update(
-        self, name: str, mutate: Callable[[NodeRecord], NodeRecord | None]
-    ) -> NodeRecord | None:
+    async def update(self, name: str, mutate: Mutation) -> NodeRecord | None:
         """Read-modify-write until it sticks. ``mutate`` returns None to leave it as is.
 
         Returns the record as last written or read, or None if it does not exist.
@@ -158,6 +173,62 @@ class Records:
             except PreconditionFailed:
                 continue
             return changed
+
+
+class CoalescingRecords(Records):
+    """Records whose concurrent updates of one blob, in this process, share CAS rounds.
+
+    Many tasks finishing at once in one worker all update a wide join's
+    record. Done one by one they keep invalidating each other's ETag; here
+    callers that arrive while a round is in flight join the next round, whose
+    single read-modify-write applies all their changes. Each ``mutate`` is
+    applied in arrival order to the same working copy, and may run again on a
+    fresh copy if the write conflicts with another process.
+    """
+
+    def __init__(self, store: ResultsStore) -> None:
+        super().__init__(store)
+        self._waiting: dict[str, list[tuple[Mutation, asyncio.Future[NodeRecord | None]]]] = {}
+
+    async def update_together(self, name: str, mutate: Mutation) -> NodeRecord | None:
+        """Like :meth:`Records.update`, merged with concurrent updates of ``name``."""
+        future: asyncio.Future[NodeRecord | None] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(name)
+        if waiting is not None:
+            waiting.append((mutate, future))
+            return await future
+        self._waiting[name] = [(mutate, future)]
+        try:
+            while batch := self._waiting[name]:
+                self._waiting[name] = []
+                await self._round(name, batch)
+        finally:
+            for _, other in self._waiting.pop(name, []):
+                if not other.done():
+                    other.set_exception(RuntimeError(f"update of {name} was abandoned"))
+        return await future
+
+    async def _round(
+        self, name: str, batch: list[tuple[Mutation, asyncio.Future[NodeRecord | None]]]
+    ) -> None:
+        def combined(record: NodeRecord) -> NodeRecord | None:
+            changed = False
+            for mutate, _ in batch:
+                out = mutate(record)
+                if out is not None:
+                    record, changed = out, True
+            return record if changed else None
+
+        try:
+            result = await self.update(name, combined)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(result)
 
 
 def result_value(value: Any) -> Any:

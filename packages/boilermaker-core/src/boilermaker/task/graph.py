@@ -67,6 +67,16 @@ class TaskGraph(BaseModel):
             and task_id != self.all_failed_callback
         ]
 
+    @cached_property
+    def wait_positions(self) -> dict[TaskId, dict[TaskId, int]]:
+        """For each task, the position of each task it waits on (its arrival slot)."""
+        return {t: {p: i for i, p in enumerate(self.waits_on(t))} for t in self.tasks}
+
+    @cached_property
+    def sink_positions(self) -> dict[TaskId, int]:
+        """The arrival slot of each sink in the end-of-graph record."""
+        return {t: i for i, t in enumerate(self.sink_ids)}
+
     def waits_on(self, task_id: TaskId) -> list[TaskId]:
         """Everything whose outcome ``task_id`` must hear about before it can settle."""
         if task_id in self.failure_parent:
