@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -146,12 +147,15 @@ def _start_control(emulator: ServiceBusEmulator, stop: threading.Event) -> Contr
     """Serve the parent's control requests; stop when asked or when stdin closes."""
 
     def watch_stdin() -> None:
+        # Raw reads: a daemon thread blocked in a buffered read would hold its lock at exit.
         try:
-            while sys.stdin.buffer.read(1024):
+            while os.read(stdin_fd, 1024):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         stop.set()
+
+    stdin_fd = sys.stdin.fileno()
 
     def request_stop() -> None:
         stop.set()

@@ -1,13 +1,15 @@
-"""The AMQP 1.0 side of the emulator: proton's container, connections and links.
+"""The AMQP 1.0 side of the emulator: connections, links and their events.
 
-One :class:`AmqpServer` owns a proton ``Container`` and runs it on a single
-thread (:meth:`AmqpServer.run`). Proton objects are not thread-safe, so other
-threads reach the server only through :meth:`AmqpServer.call`, which hands a
-function to the container thread and waits for its result.
+One :class:`AmqpServer` serves a :class:`~boilermaker.emulator.store.Namespace`
+on one thread (:meth:`AmqpServer.run`), driving proton's engine through the
+lean :class:`~boilermaker.emulator.event_loop.EventLoop`. Proton objects are
+not thread-safe, so other threads reach the server only through
+:meth:`AmqpServer.call`, which runs a function on the server thread and waits
+for its result.
 
 Connections authenticate the way Service Bus clients do: SASL ANONYMOUS (or
 PLAIN), then a CBS ``put-token`` with a SAS token that is verified against
-the namespace key. Queue and ``$management`` links on a connection without a
+the namespace key. Queue and ``$management`` links of a connection without a
 valid token are refused with ``amqp:unauthorized-access`` (unless any token
 is accepted).
 """
@@ -16,19 +18,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import queue
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import cproton  # type: ignore[import-untyped]  # proton's cffi layer ships no hints
+from cproton import (
+    addressof,
+    pn_event_connection,
+    pn_event_delivery,
+    pn_event_link,
+)
 from proton import (
     Connection,
     Delivery,
-    Handler,
     Link,
     Message,
     Receiver,
@@ -36,9 +43,8 @@ from proton import (
     Session,
     Transport,
 )
-from proton.handlers import IOHandler
-from proton.reactor import ApplicationEvent, Container, EventInjector
 
+from .event_loop import EventLoop
 from .links import (
     QueueInbox,
     QueueOutbox,
@@ -65,19 +71,6 @@ NOT_FOUND = "amqp:not-found"
 UNAUTHORIZED = "amqp:unauthorized-access"
 
 
-class _QuietProtonResets(logging.Filter):
-    """Drop proton's log lines about sockets a client closed without an AMQP close."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("Couldn't recv" in text or "Couldn't send" in text or "reset" in text.lower())
-
-
-_proton_logger = logging.getLogger("proton")
-if not any(isinstance(f, _QuietProtonResets) for f in _proton_logger.filters):
-    _proton_logger.addFilter(_QuietProtonResets())
-
-
 def entity_path(address: str | None) -> str:
     """The entity path of a link address: ``amqps://host:port/tasks`` -> ``tasks``."""
     if not address:
@@ -89,9 +82,9 @@ def entity_path(address: str | None) -> str:
 class Peer:
     """One client connection: its authorization and its links."""
 
-    def __init__(self, connection: Connection, transport: Transport) -> None:
+    def __init__(self, key: int, connection: Connection) -> None:
+        self.key = key
         self.connection = connection
-        self.transport = transport
         self.authorized = False
         self.replies: dict[str, ReplyOutbox] = {}
         self.outboxes: list[QueueOutbox] = []
@@ -103,66 +96,20 @@ class Peer:
         return self.replies.get(fallback)
 
 
-class _Timer(Handler):
-    def __init__(self, action: Callable[[], None]) -> None:
-        self.action = action
-
-    def on_timer_task(self, event: Any) -> None:
-        self.action()
-
-
-class _Listener:
-    """Accepts TCP connections and hands them to proton; can refuse them for a while."""
-
-    def __init__(self, server: AmqpServer, host: str, port: int) -> None:
-        self.server = server
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(256)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.selectable: Any = None
-
-    def register(self, container: Container) -> None:
-        # The container treats a selectable's handler like its own acceptor.
-        selectable: Any = container.selectable(handler=cast(Any, self), delegate=self.sock)
-        selectable.reading = True
-        selectable._transport = None
-        container.update(selectable)
-        self.selectable = selectable
-
-    def on_selectable_readable(self, event: Any) -> None:
-        while True:
-            try:
-                sock, address = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                logger.warning("accept failed: %s", exc)
-                return
-            if self.server.refusing():
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
-                logger.info("refused a connection from %s (fault injection)", address[0])
-                continue
-            self.server.adopt(sock, address)
-
-    def close(self) -> None:
-        if self.selectable is not None and not self.selectable.is_terminal:
-            self.selectable.terminate()
-            self.selectable.update()
-        else:
-            self.sock.close()
+def _bind_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(256)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-class AmqpServer(Handler):
+class AmqpServer:
     """Serves a :class:`~boilermaker.emulator.store.Namespace` over AMQP on one thread."""
 
     def __init__(
@@ -186,23 +133,27 @@ class AmqpServer(Handler):
         self.frame_delay = 0.0
         self._refuse_until = 0.0
         self._delayed: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = []
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
-        self._calls = queue.SimpleQueue()
         self._stopping = False
-        self._stop_deadline = 0.0
         self._thread_id: int | None = None
-        self.container = Container(self)
-        self.container.container_id = CONTAINER_ID
-        self._listener = _Listener(self, host, port)
-        self._listener.register(self.container)
-        self._injector = EventInjector()
-        self.container.selectable(self._injector)
-        self._ticker = _Timer(self._tick)
-        self._delay_timer = _Timer(self._replay_delayed)
-
-    @property
-    def port(self) -> int:
-        return self._listener.port
+        self.loop = EventLoop(
+            {
+                cproton.PN_CONNECTION_REMOTE_OPEN: self._on_connection_open,
+                cproton.PN_SESSION_REMOTE_OPEN: self._on_session_open,
+                cproton.PN_LINK_REMOTE_OPEN: self._on_link_open,
+                cproton.PN_LINK_FLOW: self._on_link_flow,
+                cproton.PN_DELIVERY: self._on_delivery,
+                cproton.PN_LINK_REMOTE_CLOSE: self._on_link_close,
+                cproton.PN_LINK_REMOTE_DETACH: self._on_link_close,
+                cproton.PN_SESSION_REMOTE_CLOSE: self._on_session_close,
+                cproton.PN_CONNECTION_REMOTE_CLOSE: self._on_connection_close,
+                cproton.PN_TRANSPORT_ERROR: self._on_transport_error,
+                cproton.PN_TRANSPORT_CLOSED: self._on_transport_closed,
+            }
+        )
+        self._listener = _bind_listener(host, port)
+        self.port: int = self._listener.getsockname()[1]
+        self.loop.listen(self._listener, self._accept)
+        self.loop.call_later(tick_interval, self._tick)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -210,49 +161,28 @@ class AmqpServer(Handler):
         """Serve until :meth:`shutdown`; call on the thread that will own the server."""
         self._thread_id = threading.get_ident()
         try:
-            self.container.run()
+            self.loop.run()
         finally:
-            self._release_resources()
-
-    def _release_resources(self) -> None:
-        for peer in list(self.peers.values()):
-            selectable = getattr(peer.transport, "_selectable", None)
-            if selectable is not None:
-                selectable.close()
-        self.peers.clear()
-        try:
-            self._listener.sock.close()
-        except OSError:
-            pass
-        for fd in self._injector.pipe:
-            try:
-                import os
-
-                os.close(fd)
-            except OSError:
-                pass
-        while not self._calls.empty():
-            _, future = self._calls.get_nowait()
-            future.set_exception(RuntimeError("emulator stopped"))
-        self.namespace.journal.close()
+            self.peers.clear()
+            self.consumers.clear()
+            self.namespace.journal.close()
 
     def shutdown(self) -> None:
         """Stop serving: close the listener and every connection (thread-safe)."""
+        if self.loop.closed:
+            return
         try:
-            self.call(self._begin_stop, timeout=10)
+            self.call(self._stop, timeout=10)
         except (RuntimeError, concurrent.futures.TimeoutError):
             pass
 
-    def _begin_stop(self) -> None:
+    def _stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
-        self._listener.close()
-        self._drop_all()
         self._delayed.clear()
-        self._injector.close()
-        self._stop_deadline = time.monotonic() + 3.0
         self.namespace.journal.flush()
+        self.loop.stop()
 
     # -- cross-thread calls ----------------------------------------------------
 
@@ -260,24 +190,19 @@ class AmqpServer(Handler):
         """Run ``fn`` on the server thread and return its result (re-raising its error)."""
         if threading.get_ident() == self._thread_id:
             return fn()
-        if self._stopping:
+        if self._stopping or self.loop.closed:
             raise RuntimeError("emulator is stopping")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._calls.put((fn, future))
-        self._injector.trigger(ApplicationEvent("emulator_call"))
-        return future.result(timeout)
 
-    def on_emulator_call(self, event: Any) -> None:
-        while True:
-            try:
-                fn, future = self._calls.get_nowait()
-            except queue.Empty:
-                return
+        def run() -> None:
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
             self._flush_dirty()
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout)
 
     # -- fault injection (call on the server thread) ---------------------------
 
@@ -289,29 +214,18 @@ class AmqpServer(Handler):
 
     def drop_connections(self) -> int:
         """Cut every client socket without an AMQP close; return how many were cut."""
-        return self._drop_all()
-
-    def _drop_all(self) -> int:
-        count = 0
-        for peer in list(self.peers.values()):
-            selectable = getattr(peer.transport, "_selectable", None)
-            if selectable is None:
-                continue
-            try:
-                selectable._delegate.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            count += 1
-        return count
+        sockets = list(self.loop.sockets.values())
+        for wrapped in sockets:
+            self.loop.drop(wrapped)
+        return len(sockets)
 
     # -- event plumbing -----------------------------------------------------------
 
     def _run(self, fn: Callable[..., None], *args: Any) -> None:
         """Handle an event now, or later when frames are being delayed."""
         if self.frame_delay > 0:
-            due = time.monotonic() + self.frame_delay
-            self._delayed.append((due, fn, args))
-            self.container.schedule(self.frame_delay, self._delay_timer)
+            self._delayed.append((time.monotonic() + self.frame_delay, fn, args))
+            self.loop.call_later(self.frame_delay, self._replay_delayed)
             return
         self._invoke(fn, args)
 
@@ -352,104 +266,84 @@ class AmqpServer(Handler):
 
     def _tick(self) -> None:
         if self._stopping:
-            # Wait (briefly) for the dropped connections to wind down, then end the loop.
-            if not self.peers or time.monotonic() > self._stop_deadline:
-                self.container.stop()
-            else:
-                self.container.schedule(self.tick_interval, self._ticker)
             return
         try:
             self.namespace.tick(time.time())
             self._flush_dirty()
             self.namespace.journal.flush()
+            self.loop.tick_transports()
         except Exception:
             logger.exception("error in the emulator's periodic tick")
-        self.container.schedule(self.tick_interval, self._ticker)
+        self.loop.call_later(self.tick_interval, self._tick)
 
     # -- connections ---------------------------------------------------------------
 
-    def adopt(self, sock: socket.socket, address: Any) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         """Take over an accepted socket as a new AMQP server connection."""
-        sock.setblocking(False)
+        if self.refusing() or self._stopping:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            logger.info("refused a connection (fault injection)")
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        container = self.container
-        connection: Any = container.connection(self)
-        # Marks the connection as accepted so proton's IO handler does not dial out.
-        connection._acceptor = self._listener
+        connection = Connection()
         transport = Transport(Transport.SERVER)
-        transport.bind(connection)
-        selectable: Any = container.selectable(delegate=sock)
-        selectable._transport = transport
-        transport._selectable = selectable
-        IOHandler.update(transport, selectable, container.now)
-        logger.debug("connection from %s:%s", address[0], address[1])
-
-    def on_reactor_init(self, event: Any) -> None:
-        self.container.schedule(self.tick_interval, self._ticker)
-
-    def on_connection_bound(self, event: Any) -> None:
-        transport = event.transport
         sasl = transport.sasl()
         sasl.allow_insecure_mechs = True
         sasl.allowed_mechs("ANONYMOUS PLAIN")
-        connection = event.connection
-        peer = Peer(connection, transport)
-        connection.peer = peer
-        self.peers[id(peer)] = peer
+        transport.bind(connection)
+        wrapped = self.loop.adopt(sock, transport, connection)
+        self.peers[wrapped.key] = Peer(wrapped.key, connection)
 
-    def on_connection_remote_open(self, event: Any) -> None:
-        self._run(self._open_connection, event.connection)
+    def _peer(self, connection: Connection) -> Peer | None:
+        return self.peers.get(addressof(connection._impl))
+
+    def _on_connection_open(self, event: Any) -> None:
+        self._run(self._open_connection, Connection.wrap(pn_event_connection(event)))
 
     def _open_connection(self, connection: Connection) -> None:
         connection.container = CONTAINER_ID
         connection.open()
 
-    def on_session_remote_open(self, event: Any) -> None:
-        self._run(self._open_session, event.session)
+    def _on_session_open(self, event: Any) -> None:
+        self._run(_open_session, Session.wrap(cproton.pn_event_session(event)))
 
-    def _open_session(self, session: Session) -> None:
-        session.open()
+    def _on_link_open(self, event: Any) -> None:
+        self._run(self._attach, Link.wrap(pn_event_link(event)))
 
-    def on_link_remote_open(self, event: Any) -> None:
-        self._run(self._attach, event.link)
-
-    def on_link_flow(self, event: Any) -> None:
-        link = event.link
-        if link.is_sender:
+    def _on_link_flow(self, event: Any) -> None:
+        link = Link.wrap(pn_event_link(event))
+        if isinstance(link, Sender):
             self._run(self._flow, link)
 
-    def on_delivery(self, event: Any) -> None:
-        self._run(self._delivery, event.delivery)
+    def _on_delivery(self, event: Any) -> None:
+        self._run(self._delivery, Delivery.wrap(pn_event_delivery(event)))
 
-    def on_link_remote_close(self, event: Any) -> None:
-        self._run(self._detach, event.link)
+    def _on_link_close(self, event: Any) -> None:
+        self._run(self._detach, Link.wrap(pn_event_link(event)))
 
-    def on_session_remote_close(self, event: Any) -> None:
-        self._run(self._close_session, event.session)
+    def _on_session_close(self, event: Any) -> None:
+        self._run(_close_session, Session.wrap(cproton.pn_event_session(event)))
 
-    def on_connection_remote_close(self, event: Any) -> None:
-        self._run(self._close_connection, event.connection)
+    def _on_connection_close(self, event: Any) -> None:
+        self._run(_close_connection, Connection.wrap(pn_event_connection(event)))
 
-    def on_transport_error(self, event: Any) -> None:
-        condition = event.transport.condition
-        logger.debug("transport error: %s", condition)
+    def _on_transport_error(self, event: Any) -> None:
+        transport = Transport.wrap(cproton.pn_event_transport(event))
+        logger.debug("transport error: %s", transport.condition if transport else None)
 
-    def on_transport_closed(self, event: Any) -> None:
-        connection = event.connection
-        peer = _peer_of(connection)
-        if peer is None:
+    def _on_transport_closed(self, event: Any) -> None:
+        pointer = pn_event_connection(event)
+        if not pointer:
             return
-        self.peers.pop(id(peer), None)
-        for outbox in peer.outboxes:
-            self._forget(outbox)
-        peer.outboxes.clear()
-        peer.replies.clear()
-
-    def _close_session(self, session: Session) -> None:
-        session.close()
-
-    def _close_connection(self, connection: Connection) -> None:
-        connection.close()
+        key = addressof(pointer)
+        peer = self.peers.pop(key, None)
+        if peer is not None:
+            for outbox in peer.outboxes:
+                self._forget(outbox)
+            peer.outboxes.clear()
+            peer.replies.clear()
+        self.loop.release(key)
 
     def _detach(self, link: Link) -> None:
         role = _role_of(link)
@@ -481,7 +375,7 @@ class AmqpServer(Handler):
         link.close()
 
     def _attach(self, link: Link) -> None:
-        peer = _peer_of(link.connection)
+        peer = self._peer(link.connection)
         if peer is None:
             return
         address = link.remote_target.address if link.is_receiver else link.remote_source.address
@@ -615,14 +509,16 @@ def _management_responder(entity: Entity) -> Callable[[Message, float], Message]
     return respond
 
 
-def _peer_of(connection: Connection | None) -> Peer | None:
-    if connection is None:
-        return None
-    try:
-        peer: Peer = connection.peer
-    except AttributeError:
-        return None
-    return peer
+def _open_session(session: Session) -> None:
+    session.open()
+
+
+def _close_session(session: Session) -> None:
+    session.close()
+
+
+def _close_connection(connection: Connection) -> None:
+    connection.close()
 
 
 def _role_of(link: Link) -> Any:

@@ -120,16 +120,6 @@ class QueueInbox:
 
     def _accept(self, data: bytes, now: float) -> tuple[int, Condition | None]:
         queue = self.entity.queue
-        limit = queue.settings.max_message_size
-        if len(data) > limit:
-            logger.info(
-                "queue %s: refused a %d-byte transfer (limit %d)", queue.name, len(data), limit
-            )
-            return REJECTED, error_condition(
-                "amqp:link:message-size-exceeded",
-                f"The received message (size {len(data)} bytes) exceeds the limit "
-                f"({limit} bytes) currently allowed on the link.",
-            )
         if self.entity.dead_letter:
             return REJECTED, error_condition(
                 "amqp:not-allowed", "Cannot send to a dead-letter queue."
@@ -137,9 +127,18 @@ class QueueInbox:
         try:
             sections = codec.split_sections(data)
             batch = split_batch(data, sections)
-            parsed: list[ParsedMessage] = [
-                parse_message(raw) for raw in (batch if batch is not None else [data])
-            ]
+            raws = batch if batch is not None else [data]
+            # A batch is measured as the SDK sizes it: its messages, not the envelope.
+            size = sum(len(raw) for raw in raws)
+            limit = queue.settings.max_message_size
+            if size > limit:
+                logger.info("queue %s: refused %d bytes (limit %d)", queue.name, size, limit)
+                return REJECTED, error_condition(
+                    "amqp:link:message-size-exceeded",
+                    f"The received message (size {size} bytes) exceeds the limit "
+                    f"({limit} bytes) currently allowed on the link.",
+                )
+            parsed: list[ParsedMessage] = [parse_message(raw) for raw in raws]
         except codec.CodecError as exc:
             logger.info("queue %s: refused an undecodable transfer: %s", queue.name, exc)
             return REJECTED, error_condition("amqp:decode-error", f"Undecodable message: {exc}")
