@@ -28,6 +28,9 @@ from boilermaker.broker import (
     MessageLockLost,
 )
 
+#: What the SDK says (as a ValueError) when asked to settle on a link that was shut down.
+_LINK_SHUT_DOWN = "handler has already been shutdown"
+
 
 class EntityNotFound(BrokerError):
     """The queue does not exist in the namespace."""
@@ -46,6 +49,10 @@ def translate(exc: BaseException, action: str) -> BrokerError:
     text = f"{action}: {type(exc).__name__}: {exc}"
     if isinstance(exc, MessageLockLostError | MessageAlreadySettled | MessageNotFoundError):
         return MessageLockLost(text)
+    if isinstance(exc, ValueError) and _LINK_SHUT_DOWN in str(exc):
+        # Settling a message whose receive link died with the connection: its
+        # lock went with the link, and the message will be delivered again.
+        return MessageLockLost(text)
     if isinstance(
         exc,
         ServiceBusAuthenticationError | ServiceBusAuthorizationError | ClientAuthenticationError,
@@ -62,13 +69,16 @@ def translate(exc: BaseException, action: str) -> BrokerError:
     return PermanentBrokerError(text)
 
 
-#: Exceptions from the SDK (and its transport) that :func:`translate` handles.
+#: Exceptions from the SDK (and its transport) that :func:`translate` handles. The SDK
+#: raises ValueError for operations its state forbids (settling on a shut-down link,
+#: settling a peeked or receive-and-delete message); those are broker errors too.
 SDK_ERRORS: tuple[type[BaseException], ...] = (
     ServiceBusError,
     AzureError,
     MessageAlreadySettled,
     OSError,
     TimeoutError,
+    ValueError,
 )
 
 

@@ -407,6 +407,12 @@ class ServiceBusQueueReceiver:
 
     async def _receive_slice(self, op: _Op) -> None:
         assert self._receiver is not None
+        if not getattr(self._receiver, "_running", True):
+            # The connection was lost and the SDK shut the link down. A receive
+            # slice is too short to reopen it in (the SDK would time out opening,
+            # every slice, forever), so reopen it here, with the SDK's retries.
+            logger.warning("Reopening the receiver on %s after losing the link", self.queue_name)
+            await self._receiver.__aenter__()
         buffered = self._buffered()
         remaining = op.deadline - time.monotonic()
         if buffered:
