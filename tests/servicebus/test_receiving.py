@@ -1,0 +1,200 @@
+"""Receiving through ``AzureServiceBus`` on the emulator: prefetch, concurrency, lock renewal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pydantic import SecretStr
+
+from boilermaker import Boilermaker
+from boilermaker.broker import OutgoingMessage, ReceivedMessage, SubQueue
+from boilermaker.config import Config
+from boilermaker.emulator import QueueCounts, ServiceBusEmulator
+from boilermaker.service_bus import AzureServiceBus, ServiceBusQueueReceiver
+from tests.contracts.broker_contract import receive_n
+
+
+class RecordingBroker(AzureServiceBus):
+    """``AzureServiceBus`` that keeps the receivers it hands out, to inspect them."""
+
+    receivers: list[ServiceBusQueueReceiver]
+
+    def receiver(self, **kwargs: object) -> ServiceBusQueueReceiver:  # type: ignore[override]
+        made = super().receiver(**kwargs)  # type: ignore[arg-type]
+        self.receivers = [*getattr(self, "receivers", []), made]
+        return made
+
+
+async def test_worker_prefetch_is_sized_from_its_concurrency(
+    new_queue: Callable[..., str], servicebus_emulator: ServiceBusEmulator
+) -> None:
+    queue = new_queue()
+    config = Config(
+        service_bus_connection_string=SecretStr(servicebus_emulator.connection_string),
+        service_bus_queue_name=queue,
+        concurrency=3,
+        shutdown_grace_seconds=0,
+    )
+    broker = RecordingBroker.from_config(config)
+    assert isinstance(broker, RecordingBroker)
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def hold(state: object, n: int) -> None:
+        started.append(n)
+        await release.wait()
+
+    app = Boilermaker({}, service_bus_client=broker)
+    app.register_async(hold)
+    await app.apply_many(hold, [(i,) for i in range(30)])
+    worker = app.worker(install_signal_handlers=False)
+    assert worker.settings.concurrency == 3
+    assert worker.settings.effective_prefetch == 6
+    running = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 10
+        while len(started) < 3:
+            assert time.monotonic() < deadline, "the worker did not start 3 tasks"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # let the link fill its prefetch buffer
+        (receiver,) = broker.receivers
+        assert receiver.prefetch == 6
+        locked = servicebus_emulator.counts(queue).locked
+        # Running tasks plus a bounded buffer (the SDK flows prefetch + 1 credits),
+        # not the whole queue.
+        assert 3 < locked <= 3 + 6 + 1, locked
+        assert len(started) == 3
+    finally:
+        release.set()
+        worker.stop()
+        await running
+        await broker.close()
+
+
+async def test_fifty_concurrent_renewals_and_completes_on_one_receiver(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    queue = new_queue(lock_duration=30)
+    broker = make_broker(queue)
+    await broker.send([OutgoingMessage(b"{}", f"m-{i}") for i in range(100)])
+    async with broker.receiver(prefetch=20) as receiver:
+        got = await receive_n(receiver, 100)
+        assert len({m.message_id for m in got}) == 100
+        first, second = got[:50], got[50:]
+        before = {m.message_id: m.locked_until for m in first}
+        await asyncio.sleep(1.1)  # so a renewed lock visibly ends later
+
+        started = time.monotonic()
+        renewed = await asyncio.gather(*(receiver.renew_lock(m) for m in first))
+        for message, until in zip(first, renewed, strict=True):
+            original = before[message.message_id]
+            assert original is not None
+            assert isinstance(until, datetime)
+            assert until > original
+            assert message.locked_until == until
+        await asyncio.gather(*(receiver.complete(m) for m in first))
+
+        # Renewals, completes and abandons all at once.
+        ops = [receiver.renew_lock(m) for m in second[:25]]
+        ops += [receiver.complete(m) for m in second[25:40]]
+        ops += [receiver.abandon(m) for m in second[40:]]
+        await asyncio.gather(*ops)
+        await asyncio.gather(*(receiver.complete(m) for m in second[:25]))
+        elapsed = time.monotonic() - started
+        assert elapsed < 10, f"150 concurrent operations took {elapsed:.1f}s"
+
+        again = await receive_n(receiver, 10)
+        assert sorted(m.message_id for m in again) == sorted(m.message_id for m in second[40:])
+        assert all(m.delivery_count == 1 for m in again)
+        await asyncio.gather(*(receiver.complete(m) for m in again))
+    assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 0)
+
+
+async def test_a_task_longer_than_the_lock_runs_once(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    lock = 1.0
+    queue = new_queue(lock_duration=lock, max_delivery_count=5)
+    broker = make_broker(queue)
+    runs: Counter[int] = Counter()
+
+    async def slow(state: object, n: int) -> None:
+        runs[n] += 1
+        await asyncio.sleep(lock * 3.5)
+
+    app = Boilermaker({}, service_bus_client=broker)
+    app.register_async(slow)
+    await app.apply_many(slow, [(1,), (2,)])
+    worker = await app.run_until_idle(timeout=20, concurrency=2)
+    assert runs == {1: 1, 2: 1}
+    assert worker.stats.succeeded == 2
+    assert worker.stats.lock_renewals >= 4
+    assert worker.stats.locks_lost == 0
+    assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 0)
+
+
+async def test_worker_completes_1x_readiness_messages_silently(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    from azure.servicebus import ServiceBusMessage
+    from azure.servicebus.aio import ServiceBusClient
+
+    queue = new_queue()
+    broker = make_broker(queue)
+    ran: list[int] = []
+
+    async def work(state: object, n: int) -> None:
+        ran.append(n)
+
+    app = Boilermaker({}, service_bus_client=broker)
+    app.register_async(work)
+    # What boilermaker 1.x's connection pool left in the queue, sent as 1.x did.
+    async with (
+        ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as client,
+        client.get_queue_sender(queue) as sender,
+    ):
+        await sender.send_messages(ServiceBusMessage(b"Connection established"))
+        await sender.send_messages(ServiceBusMessage("Connection established"))
+    await app.apply_async(work, 7)
+    worker = await app.run_until_idle(timeout=15, concurrency=4)
+    assert ran == [7]
+    assert worker.stats.control_messages == 2
+    assert worker.stats.succeeded == 1
+    assert worker.stats.dead_lettered == 0
+    assert worker.stats.failed == 0
+    assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 0)
+    async with broker.receiver(sub_queue=SubQueue.DeadLetter) as dlq:
+        assert await dlq.peek(10) == []
+
+
+def _ids(messages: list[ReceivedMessage]) -> list[str]:
+    return [m.message_id for m in messages]
+
+
+async def test_received_messages_carry_lock_and_enqueue_times(
+    new_queue: Callable[..., str], make_broker: Callable[..., AzureServiceBus]
+) -> None:
+    queue = new_queue(lock_duration=20)
+    broker = make_broker(queue)
+    before = datetime.now(UTC)
+    await broker.send([OutgoingMessage(b"{}", "timed")])
+    async with broker.receiver() as receiver:
+        (got,) = await receive_n(receiver, 1)
+        assert _ids([got]) == ["timed"]
+        assert got.enqueued_time is not None
+        assert got.enqueued_time.tzinfo is not None
+        assert abs((got.enqueued_time - before).total_seconds()) < 5
+        assert got.locked_until is not None
+        assert 10 < (got.locked_until - datetime.now(UTC)).total_seconds() <= 21
+        assert got.sequence_number > 0
+        await receiver.complete(got)
