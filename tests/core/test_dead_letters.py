@@ -444,8 +444,12 @@ async def test_a_target_settled_by_someone_else_meanwhile_is_reported_as_skipped
     (letter,) = await queue.list(filters=DeadLetterFilter(sequence_numbers=frozenset({1})))
 
     class Racing(DeadLetterQueue):
-        async def _scan(self, filters: DeadLetterFilter, limit: int | None) -> Any:
-            found = await super()._scan(filters, limit)
+        """Another tool removes the message between the peek and the receive."""
+
+        async def _scan(
+            self, filters: DeadLetterFilter, limit: int | None, receiver: Any = None
+        ) -> Any:
+            found = await super()._scan(filters, limit, receiver)
             await queue.purge(DeadLetterFilter(sequence_numbers=frozenset({1})))
             return found
 

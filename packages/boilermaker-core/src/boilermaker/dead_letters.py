@@ -564,37 +564,35 @@ class DeadLetterQueue:
         return None
 
     async def _scan(
-        self, filters: DeadLetterFilter, limit: int | None
+        self, filters: DeadLetterFilter, limit: int | None, receiver: Receiver | None = None
     ) -> tuple[builtins.list[DeadLetter], int]:
         """Matching dead letters (up to ``limit``) and how many messages were peeked."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit == 0 or filters.sequence_numbers == frozenset():
+            return [], 0
+        if receiver is None:
+            async with self.broker.receiver(sub_queue=SubQueue.DeadLetter) as own:
+                return await self._scan(filters, limit, own)
         found: builtins.list[DeadLetter] = []
         scanned = 0
-        if limit == 0:
-            return found, scanned
-        next_seq: int | None = None
-        if filters.sequence_numbers:
-            next_seq = min(filters.sequence_numbers)
-        elif filters.sequence_numbers is not None:
-            return found, scanned  # an empty set matches nothing
-        async with self.broker.receiver(sub_queue=SubQueue.DeadLetter) as receiver:
-            while limit is None or len(found) < limit:
-                page = await receiver.peek(self.page_size, from_sequence_number=next_seq)
-                page = sorted(
-                    (m for m in page if next_seq is None or m.sequence_number >= next_seq),
-                    key=lambda m: m.sequence_number,
-                )
-                if not page:
-                    break
-                for message in page:
-                    scanned += 1
-                    letter = DeadLetter.from_message(message)
-                    if filters.matches(letter):
-                        found.append(letter)
-                        if limit is not None and len(found) >= limit:
-                            break
-                next_seq = page[-1].sequence_number + 1
+        next_seq = min(filters.sequence_numbers) if filters.sequence_numbers else None
+        while limit is None or len(found) < limit:
+            page = await receiver.peek(self.page_size, from_sequence_number=next_seq)
+            page = sorted(
+                (m for m in page if next_seq is None or m.sequence_number >= next_seq),
+                key=lambda m: m.sequence_number,
+            )
+            if not page:
+                break
+            for message in page:
+                scanned += 1
+                letter = DeadLetter.from_message(message)
+                if filters.matches(letter):
+                    found.append(letter)
+                    if limit is not None and len(found) >= limit:
+                        break
+            next_seq = page[-1].sequence_number + 1
         return found, scanned
 
     # -- replay ---------------------------------------------------------------------------
@@ -808,15 +806,15 @@ class DeadLetterQueue:
         Returns the targets that were not found (settled meanwhile by someone else).
         Every message received and not settled by ``act`` is abandoned at the end.
         """
-        targets, scanned = await self._scan(filters, limit)
-        if not targets:
-            return []
-        pending = {letter.sequence_number: letter for letter in targets}
-        held: dict[int, ReceivedMessage] = {}
-        # Guard against a pass that never ends (locks lapsing as fast as we go).
-        budget = 2 * scanned + 10 * batch
-        received = 0
         async with self.broker.receiver(sub_queue=SubQueue.DeadLetter) as receiver:
+            targets, scanned = await self._scan(filters, limit, receiver)
+            if not targets:
+                return []
+            pending = {letter.sequence_number: letter for letter in targets}
+            held: dict[int, ReceivedMessage] = {}
+            # Guard against a pass that never ends (locks lapsing as fast as we go).
+            budget = 2 * scanned + 10 * batch
+            received = 0
             try:
                 while pending and received < budget:
                     messages = await receiver.receive(min(batch, len(pending)), self.receive_wait)

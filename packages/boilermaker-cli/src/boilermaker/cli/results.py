@@ -1,0 +1,81 @@
+"""``boilermaker results get``: a task's stored status, result or error."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from boilermaker.cli.connection import ResultsOptions, results_options, run
+from boilermaker.cli.output import echo_json, when
+from boilermaker.exceptions import ResultNotReady
+from boilermaker.results import NodeRecord, Records, node_blob, standalone_blob
+
+
+@click.group()
+def results() -> None:
+    """Read task results from the results store."""
+
+
+@results.command("get")
+@click.argument("task_id")
+@click.option("--graph-id", help="The graph the task belongs to (graph tasks are stored under it).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Seconds to wait for the task to finish (default: read once).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@results_options
+def get_command(
+    task_id: str, graph_id: str | None, wait: float, as_json: bool, results: ResultsOptions
+) -> None:
+    """Show the stored status and result (or error) of task TASK_ID."""
+    results.check()
+
+    async def go() -> NodeRecord | None:
+        store = results.store()
+        try:
+            if wait > 0:
+                from boilermaker.app import Boilermaker
+
+                app = Boilermaker(None, results_storage=store)
+                try:
+                    await app.get_result(task_id, timeout=wait, graph_id=graph_id)
+                except ResultNotReady as exc:
+                    click.echo(f"Not finished after {wait:g}s: {exc}", err=True)
+            name = node_blob(graph_id, task_id) if graph_id else standalone_blob(task_id)
+            got = await Records(store).get(name)
+            return got[0] if got else None
+        finally:
+            await store.close()
+
+    record = run(go())
+    if record is None:
+        where = (
+            f"graph {graph_id}"
+            if graph_id
+            else "standalone results (pass --graph-id for graph tasks)"
+        )
+        raise click.ClickException(f"no result stored for task {task_id} in {where}")
+    doc: dict[str, Any] = record.model_dump(mode="json")
+    if as_json:
+        echo_json(doc)
+        return
+    lines = [
+        f"Task id:    {record.task_id}",
+        f"Graph id:   {record.graph_id or '-'}",
+        f"Status:     {'skipped' if record.skipped else record.status.value}",
+        f"Attempt:    {record.attempt}",
+        f"Updated:    {when(record.updated_at)} UTC",
+        f"Result:     {json.dumps(record.result, default=str)}",
+    ]
+    if record.errors:
+        lines.append("Errors:")
+        lines += [f"  {error}" for error in record.errors]
+    if record.formatted_exception:
+        lines.append("Exception:")
+        lines += ["  " + line for line in record.formatted_exception.rstrip().splitlines()]
+    click.echo("\n".join(lines))
