@@ -155,19 +155,20 @@ def test_graph_recover_redispatches_a_stalled_root(
 ) -> None:
     container = unique_container_name("cli")
 
-    async def publish_without_a_worker() -> str:
+    async def publish_without_a_worker() -> tuple[str, str]:
         broker = AzureServiceBus.from_connection_string(
             servicebus_emulator.connection_string, servicebus_queue
         )
         app = graph_app(broker, azurite, container, Shop())
         try:
-            graph = TaskGraphBuilder().add(app.create_task(step, "root")).build()
+            root = app.create_task(step, "root")
+            graph = TaskGraphBuilder().add(root).build()
             await app.publish_graph(graph)
-            return str(graph.graph_id)
+            return str(graph.graph_id), str(root.task_id)
         finally:
             await app.close()
 
-    graph_id = asyncio.run(publish_without_a_worker())
+    graph_id, root_id = asyncio.run(publish_without_a_worker())
     assert servicebus_emulator.counts(servicebus_queue).active == 1
     results = ["--results-connection-string", azurite.connection_string]
     results += ["--results-container", container]
@@ -191,6 +192,10 @@ def test_graph_recover_redispatches_a_stalled_root(
     assert eager.exit_code == 0, eager.output
     assert len(json.loads(eager.stdout)["redispatched"]) == 1
     assert servicebus_emulator.counts(servicebus_queue).active == 2
+    waited = invoke("results", "get", root_id, "--graph-id", graph_id, "--wait", "0.2", *results)
+    assert waited.exit_code == 1
+    assert "Status:     scheduled" in waited.stdout
+    assert "Not finished after 0.2s" in waited.stderr
 
 
 def test_dlq_replay_of_a_graph_task_needs_the_results_store_and_then_reruns_the_node(

@@ -554,6 +554,26 @@ async def test_graph_task_replay_resets_the_node_so_it_runs_again() -> None:
     assert broker.counts().dead_lettered == 0
 
 
+async def test_a_failed_send_after_a_graph_node_reset_leaves_it_recoverable() -> None:
+    app, state, broker, graph, tasks = await failed_graph()
+    failing = SendFails(broker)
+
+    report = await DeadLetterQueue(failing, graphs=app.graphs, receive_wait=WAIT).replay()
+
+    assert report.replayed == []
+    (failure,) = report.failed
+    assert "namespace unreachable" in (failure.detail or "")
+    assert "already reset to scheduled" in (failure.detail or "")
+    assert broker.counts().dead_lettered == 1
+    state.broken.clear()
+    state.runs.clear()
+    assert await app.recover_graph(graph.graph_id, stalled_after=timedelta(0)) == [
+        tasks["save"].task_id
+    ]
+    await app.run_until_idle(timeout=10)
+    assert state.runs == ["save"]
+
+
 async def test_a_dead_letter_of_an_unknown_graph_is_skipped_with_the_reason() -> None:
     app, _state, broker, _graph, _tasks = await failed_graph()
     await dlq(broker).purge()

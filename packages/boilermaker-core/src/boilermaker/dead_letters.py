@@ -653,7 +653,13 @@ class DeadLetterQueue:
                 report.failed.append(_outcome(letter, f"lock lost before sending: {exc}"))
                 return "settled"  # nothing to give back: the broker already has it
             except Exception as exc:
-                report.failed.append(_outcome(letter, f"{type(exc).__name__}: {exc}"))
+                detail = f"{type(exc).__name__}: {exc}"
+                if note and note.startswith("graph node reset"):
+                    detail += (
+                        "; its graph node was already reset to scheduled: replay again, or "
+                        "recover the graph to dispatch it"
+                    )
+                report.failed.append(_outcome(letter, detail))
                 return "keep"
             try:
                 await receiver.complete(message)

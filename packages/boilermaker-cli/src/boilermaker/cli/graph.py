@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,15 @@ from boilermaker.cli.connection import (
 )
 from boilermaker.cli.output import echo_json, table, when
 from boilermaker.cli.times import DURATION
+from boilermaker.ids import TaskId
 from boilermaker.results import NodeRecord, Records, graph_blob, graph_status_blob, node_blob
 from boilermaker.results_store import ResultsStore
 from boilermaker.task.graph import TaskGraph
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+#: Node records read at once by ``graph status``.
+READ_CONCURRENCY = 16
 
 
 @click.group()
@@ -77,17 +82,19 @@ async def read_graph(
         return None
     structure = TaskGraph.model_validate_json(blob.data)
     records = Records(store)
-    views = []
-    for task_id, task in structure.tasks.items():
-        got = await records.get(node_blob(graph_id, task_id))
-        views.append(
-            NodeView(
-                task_id=str(task_id),
-                function_name=task.function_name,
-                role=_role(structure, task_id),
-                record=got[0] if got else None,
-            )
+    semaphore = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def view(task_id: TaskId) -> NodeView:
+        async with semaphore:
+            got = await records.get(node_blob(graph_id, task_id))
+        return NodeView(
+            task_id=str(task_id),
+            function_name=structure.tasks[task_id].function_name,
+            role=_role(structure, task_id),
+            record=got[0] if got else None,
         )
+
+    views = list(await asyncio.gather(*(view(task_id) for task_id in structure.tasks)))
     end = await records.get(graph_status_blob(graph_id))
     return structure, views, end[0] if end else None
 

@@ -32,11 +32,16 @@ def results() -> None:
 def get_command(
     task_id: str, graph_id: str | None, wait: float, as_json: bool, results: ResultsOptions
 ) -> None:
-    """Show the stored status and result (or error) of task TASK_ID."""
+    """Show the stored status and result (or error) of task TASK_ID.
+
+    With --wait, waits for the task to finish and exits with status 1 if it
+    has not finished in time (the record so far is still shown).
+    """
     results.check()
 
-    async def go() -> NodeRecord | None:
+    async def go() -> tuple[NodeRecord | None, bool]:
         store = results.store()
+        timed_out = False
         try:
             if wait > 0:
                 from boilermaker.app import Boilermaker
@@ -45,14 +50,15 @@ def get_command(
                 try:
                     await app.get_result(task_id, timeout=wait, graph_id=graph_id)
                 except ResultNotReady as exc:
+                    timed_out = True
                     click.echo(f"Not finished after {wait:g}s: {exc}", err=True)
             name = node_blob(graph_id, task_id) if graph_id else standalone_blob(task_id)
             got = await Records(store).get(name)
-            return got[0] if got else None
+            return (got[0] if got else None), timed_out
         finally:
             await store.close()
 
-    record = run(go())
+    record, timed_out = run(go())
     if record is None:
         where = (
             f"graph {graph_id}"
@@ -60,8 +66,14 @@ def get_command(
             else "standalone results (pass --graph-id for graph tasks)"
         )
         raise click.ClickException(f"no result stored for task {task_id} in {where}")
-    doc: dict[str, Any] = record.model_dump(mode="json")
+    _print_record(record, as_json)
+    if timed_out:
+        raise click.exceptions.Exit(1)
+
+
+def _print_record(record: NodeRecord, as_json: bool) -> None:
     if as_json:
+        doc: dict[str, Any] = record.model_dump(mode="json")
         echo_json(doc)
         return
     lines = [
