@@ -437,6 +437,22 @@ async def test_replay_is_rate_limited() -> None:
         await dlq(broker).replay(rate_per_second=0)
 
 
+async def test_a_slow_replay_keeps_the_locks_of_waiting_messages_alive() -> None:
+    app, state, broker = new_app(lock_duration=0.3)
+    state.broken = {"o-1", "o-2", "o-3"}
+    for order in sorted(state.broken):
+        await app.apply_async(charge, order)
+    await app.run_until_idle(timeout=10)
+
+    # 0.4 s between sends is longer than the 0.3 s lock.
+    report = await dlq(broker, batch_size=3).replay(rate_per_second=2.5)
+
+    assert report.failed == []
+    assert len(report.replayed) == 3
+    assert broker.counts().dead_lettered == 0
+    assert len(await peek_main(broker)) == 3
+
+
 async def test_a_target_settled_by_someone_else_meanwhile_is_reported_as_skipped() -> None:
     app, state, broker = new_app()
     await dead_letter_everything(app, state, broker)

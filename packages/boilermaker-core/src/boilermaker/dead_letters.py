@@ -495,20 +495,18 @@ _Action = Callable[[Receiver, ReceivedMessage, DeadLetter], Awaitable[_Settled]]
 
 
 class _Pace:
-    """At most ``rate`` calls of :meth:`wait` per second (no limit when rate is None)."""
+    """Slots at most ``rate`` per second apart (no limit when rate is None)."""
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self._next = 0.0
 
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        if start > now:
-            await asyncio.sleep(start - now)
-        self._next = start + self.interval
+    def book(self) -> float:
+        """The monotonic time of the next free slot, which is now taken."""
+        slot = max(time.monotonic(), self._next)
+        if self.interval:
+            self._next = slot + self.interval
+        return slot
 
 
 class DeadLetterQueue:
@@ -634,24 +632,27 @@ class DeadLetterQueue:
         pace = _Pace(rate_per_second)
         batch = self.batch_size
         if rate_per_second is not None:
-            # Lock no more than ~10 s of sends at a time, so locks do not lapse while waiting.
-            batch = max(1, min(batch, math.ceil(rate_per_second * 10)))
+            # Receive about a second of sends at a time: locks stay fresh while waiting.
+            batch = max(1, min(batch, math.floor(rate_per_second)))
 
         async def act(receiver: Receiver, message: ReceivedMessage, letter: DeadLetter) -> _Settled:
             skip = await self._graph_check(letter)
             if skip is not None:
                 report.skipped.append(_outcome(letter, skip))
                 return "keep"
+            try:
+                await self._wait_turn(pace.book(), receiver, message)
+            except MessageLockLost as exc:
+                report.failed.append(_outcome(letter, f"lock lost before sending: {exc}"))
+                return "settled"  # nothing to give back: it is in the DLQ again already
+            except BrokerError as exc:
+                report.failed.append(_outcome(letter, f"{type(exc).__name__}: {exc}"))
+                return "keep"
             note: str | None = None
             try:
                 note = await self._reset_graph_node(letter, reset_attempts)
                 outgoing = self._replay_copy(message, letter, reset_attempts)
-                await pace.wait()
-                await self._keep_lock(receiver, message)
                 await self.broker.send([outgoing])
-            except MessageLockLost as exc:
-                report.failed.append(_outcome(letter, f"lock lost before sending: {exc}"))
-                return "settled"  # nothing to give back: the broker already has it
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 if note and note.startswith("graph node reset"):
@@ -715,6 +716,17 @@ class DeadLetterQueue:
             correlation_id=message.correlation_id,
             subject=message.subject,
         )
+
+    async def _wait_turn(self, slot: float, receiver: Receiver, message: ReceivedMessage) -> None:
+        """Sleep until ``slot`` (monotonic), keeping the message's lock alive meanwhile."""
+        while (left := slot - time.monotonic()) > 0:
+            step = left
+            if message.locked_until is not None:
+                lock_left = (message.locked_until - datetime.now(UTC)).total_seconds()
+                step = min(step, max(0.01, lock_left / 2))
+            await asyncio.sleep(step)
+            await self._keep_lock(receiver, message)
+        await self._keep_lock(receiver, message)
 
     async def _keep_lock(self, receiver: Receiver, message: ReceivedMessage) -> None:
         until = message.locked_until
@@ -823,7 +835,10 @@ class DeadLetterQueue:
             received = 0
             try:
                 while pending and received < budget:
-                    messages = await receiver.receive(min(batch, len(pending)), self.receive_wait)
+                    # Ask for what is left to find, plus as many as the non-matching
+                    # messages met so far (they suggest how sparse the targets are).
+                    want = min(batch, len(pending) + len(held))
+                    messages = await receiver.receive(want, self.receive_wait)
                     if not messages:
                         break
                     received += len(messages)
