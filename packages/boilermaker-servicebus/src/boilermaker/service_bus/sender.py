@@ -50,7 +50,8 @@ BATCH_MARGIN = 1024
 async def _bounded(call: Awaitable[T]) -> T:
     """Await an SDK call, giving up after HARD_TIMEOUT seconds."""
     try:
-        return await asyncio.wait_for(call, HARD_TIMEOUT)
+        async with asyncio.timeout(HARD_TIMEOUT):  # no extra task, unlike wait_for
+            return await call
     except TimeoutError as exc:
         raise OperationTimeoutError(message=f"no answer within {HARD_TIMEOUT}s") from exc
 
@@ -195,7 +196,8 @@ class BatchingSender:
                     )
                     return
             try:
-                requests = [await asyncio.wait_for(self._queue.get(), LINGER)]
+                async with asyncio.timeout(LINGER):
+                    requests = [await self._queue.get()]
             except TimeoutError:
                 return
 
