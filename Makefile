@@ -28,7 +28,7 @@ bench: install
 	$(UV) run python -m bench
 
 demo: install
-	$(UV) run python -m bench.demo
+	$(UV) run boilermaker demo
 
 clean:
 	rm -rf dist .pytest_cache .mypy_cache .ruff_cache

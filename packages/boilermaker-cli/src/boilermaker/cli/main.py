@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("boilermaker.cli.graph", "graph"),
     ("boilermaker.cli.results", "results"),
     ("boilermaker.cli.emulator", "emulator"),
+    ("boilermaker.cli.demo", "demo"),
 ]
 
 
