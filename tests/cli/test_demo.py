@@ -1,4 +1,4 @@
-"""``boilermaker demo`` (what ``make demo`` runs) completes its workload and stops what it started."""
+"""`boilermaker demo` (what `make demo` runs) completes its workload and stops what it started."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def test_demo_runs_the_workload_and_reports_each_part() -> None:
     assert "chain order: download >> transcode >> notify" in out
     assert "charge_card: TaskFailed - ValueError: card declined" in out
     assert "poll_partner_feed: ProcessingError - retries exhausted after 2 attempt(s)" in out
-    assert "graph 'sales report'" in out and "succeeded, complete=True" in out
-    assert "graph 'customer import'" in out and "failed, complete=True" in out
+    assert "graph 'sales report'" in out
+    assert "succeeded, complete=True" in out
+    assert "graph 'customer import'" in out
+    assert "failed, complete=True" in out
     assert "load_import          skipped (never ran)" in out
     assert "page_on_call         success" in out
     assert out.rstrip().endswith("Stopped the emulator and Azurite.")
@@ -73,5 +75,5 @@ def test_demo_stops_everything_it_started_on_ctrl_c() -> None:
     assert started, "the demo should have started the emulator and Azurite"
     assert code == 130, rest
     assert "Stopped the emulator and Azurite." in rest
-    gone, alive = psutil.wait_procs(started, timeout=15)
+    _gone, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
