@@ -290,3 +290,22 @@ async def test_run_until_idle_times_out_when_the_queue_never_drains() -> None:
 def test_worker_needs_an_application_with_a_broker() -> None:
     with pytest.raises(ValueError, match="broker"):
         Worker(Boilermaker({}))
+
+
+async def test_worker_stops_on_a_permanent_receive_error() -> None:
+    from boilermaker.broker import BrokerAuthenticationError
+
+    class RevokedBroker(InMemoryBroker):
+        def receiver(self, **kwargs):  # type: ignore[no-untyped-def]
+            inner = super().receiver(**kwargs)
+
+            async def refuse(max_messages: int, max_wait: float) -> list:  # type: ignore[type-arg]
+                raise BrokerAuthenticationError("credentials revoked")
+
+            inner.receive = refuse  # type: ignore[method-assign]
+            return inner
+
+    app = Boilermaker({}, RevokedBroker())
+    worker = app.worker(install_signal_handlers=False)
+    with pytest.raises(BrokerAuthenticationError, match="revoked"):
+        await asyncio.wait_for(worker.run(), timeout=5)

@@ -170,6 +170,10 @@ class Worker:
             try:
                 messages = await self._receive(receiver, free, stopping)
             except BrokerError as exc:
+                if not exc.transient:
+                    # A deleted queue or revoked credentials will not heal by waiting.
+                    logger.critical("Receiving failed for good (%s); the worker stops", exc)
+                    raise
                 logger.error("Receiving failed (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep_unless_stopping(backoff)
                 backoff = min(backoff * 2, RECEIVE_BACKOFF_MAX)
