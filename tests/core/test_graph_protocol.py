@@ -279,3 +279,20 @@ async def test_unregistered_graph_node_is_recorded_deadlettered() -> None:
     assert steps.runs == Counter({"a": 1, "ghost-handler": 1, "all-failed": 1})
     (dead,) = broker.dead_letters()
     assert dead.message_id == ghost.task_id
+
+
+async def test_graph_progress_reads_with_a_store_alone() -> None:
+    store = InMemoryResultsStore()
+    publisher_app = Boilermaker({}, InMemoryBroker(), results_storage=store)
+
+    async def only(state: object) -> None:
+        return None
+
+    publisher_app.register_async(only)
+    graph = TaskGraphBuilder().add(publisher_app.create_task(only)).build()
+    await publisher_app.publish_graph(graph)
+
+    reader = Boilermaker({}, None, results_storage=store)
+    progress = await reader.graph_progress(graph.graph_id)
+    assert progress is not None
+    assert set(progress.statuses.values()) == {TaskStatus.Scheduled}

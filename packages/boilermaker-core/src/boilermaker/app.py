@@ -214,7 +214,7 @@ class Boilermaker:
                 raise ResultsStoreRequired(
                     "task graphs need a results store: Boilermaker(..., results_storage=store)"
                 )
-            self._graphs = GraphRuntime(self.results_storage, self.publisher)
+            self._graphs = GraphRuntime(self.results_storage, lambda: self.publisher)
         return self._graphs
 
     async def publish_graph(self, graph: TaskGraph, publish_attempts: int = 1) -> TaskGraph:

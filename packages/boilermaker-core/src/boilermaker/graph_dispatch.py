@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -105,15 +105,29 @@ async def _bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCU
 class GraphRuntime:
     """Graph publication, claiming, continuation and recovery over a ResultsStore."""
 
-    def __init__(self, store: ResultsStore, publisher: Publisher, cache_size: int = 512) -> None:
+    def __init__(
+        self,
+        store: ResultsStore,
+        publisher: Publisher | Callable[[], Publisher],
+        cache_size: int = 512,
+    ) -> None:
         self.store = store
         self.records = CoalescingRecords(store)
-        self.publisher = publisher
+        # A factory defers needing a broker until something is published, so
+        # read-only use (progress, status) works with a store alone.
+        self._publisher = publisher
         # The record and ETag each running node was claimed at, so recording
         # its outcome is one conditional write rather than a read and a write.
         self._claimed: OrderedDict[tuple[str, str], tuple[NodeRecord, str]] = OrderedDict()
         self._cache: OrderedDict[str, TaskGraph] = OrderedDict()
         self._cache_size = cache_size
+
+    @property
+    def publisher(self) -> Publisher:
+        """The publisher dispatched nodes go out through."""
+        if not isinstance(self._publisher, Publisher):
+            self._publisher = self._publisher()
+        return self._publisher
 
     # -- structure --------------------------------------------------------------------
 
