@@ -266,13 +266,14 @@ async def test_apply_many_accepts_args_kwargs_and_pairs(
 ) -> None:
     tasks = await app.apply_many(
         process_data,
-        [("a",), ["b", "high"], {"data_id": "c"}, (("d",), {"priority": "low"})],
+        [("a",), ["b", "high"], {"data_id": "c"}, (("d",), {"priority": "low"}), "data_5"],
     )
     assert [(t.args, t.kwargs) for t in tasks] == [
         (["a"], {}),
         (["b", "high"], {}),
         ([], {"data_id": "c"}),
         (["d"], {"priority": "low"}),
+        (["data_5"], {}),  # a bare string is one argument, not a sequence of characters
     ]
     assert broker.send_calls == 1
     messages = await peek_all(broker)

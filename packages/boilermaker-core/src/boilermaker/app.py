@@ -178,16 +178,15 @@ class Boilermaker:
     async def apply_many(
         self,
         fn: TaskFunction | str,
-        calls: Iterable[
-            Sequence[Any] | Mapping[str, Any] | tuple[Sequence[Any], Mapping[str, Any]]
-        ],
+        calls: Iterable[Any],
         delay: float = 0,
         publish_attempts: int = 1,
     ) -> list[Task]:
         """Create and publish one task per item of ``calls``, batched.
 
         Each item is a tuple/list of positional arguments, a dict of keyword
-        arguments, or an ``(args, kwargs)`` pair.
+        arguments, or an ``(args, kwargs)`` pair; anything else (a string, a
+        number) is the task's single positional argument.
         """
         tasks = []
         for call in calls:
@@ -200,8 +199,10 @@ class Boilermaker:
                 and isinstance(call[1], Mapping)
             ):
                 tasks.append(self.create_task(fn, *call[0], **call[1]))
-            else:
+            elif isinstance(call, list | tuple):
                 tasks.append(self.create_task(fn, *call))
+            else:
+                tasks.append(self.create_task(fn, call))
         return await self.publish_many(tasks, delay=delay, publish_attempts=publish_attempts)
 
     # -- graphs and results ---------------------------------------------------------------
