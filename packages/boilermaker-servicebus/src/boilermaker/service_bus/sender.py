@@ -245,6 +245,9 @@ class BatchingSender:
 
         A failed batch fails the requests with a message in it and every
         request not sent yet; requests wholly in earlier batches succeeded.
+        The next batch is built while the previous one is on the wire (the
+        service works on it meanwhile); the link still carries one send at a
+        time, and a batch is sent only after the one before it was accepted.
         """
         pending = [
             (request, message)
@@ -256,6 +259,8 @@ class BatchingSender:
             return {}
         failed: dict[int, BrokerError] = {}
         sent_upto = 0  # pending[:sent_upto] went out in batches that were accepted
+        in_flight: asyncio.Future[None] | None = None  # the previous batch, being sent
+        flight_upto = 0  # pending[:flight_upto] are accepted or in flight
         try:
             if len(pending) == 1:
                 await _bounded(sender.send_messages(to_sdk(pending[0][1]), timeout=SEND_TIMEOUT))
@@ -269,19 +274,44 @@ class BatchingSender:
                 except MessageSizeExceededError:
                     if len(batch) == 0:
                         raise
-                    await _bounded(sender.send_messages(batch, timeout=SEND_TIMEOUT))
-                    self.transfers += 1
-                    sent_upto = index
+                    if in_flight is not None:
+                        await in_flight
+                        in_flight = None
+                        self.transfers += 1
+                        sent_upto = flight_upto
+                    in_flight = asyncio.ensure_future(
+                        _bounded(sender.send_messages(batch, timeout=SEND_TIMEOUT))
+                    )
+                    flight_upto = index
+                    await asyncio.sleep(0)  # let it put the transfer on the wire
                     batch = await sender.create_message_batch(self._batch_limit(sender))
                     batch.add_message(sdk_message)
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
+                self.transfers += 1
+                sent_upto = flight_upto
             if len(batch):
                 await _bounded(sender.send_messages(batch, timeout=SEND_TIMEOUT))
                 self.transfers += 1
             sent_upto = len(pending)
         except SDK_ERRORS as exc:
+            if in_flight is not None:
+                # Building the next batch failed: learn whether the one on the
+                # wire landed before saying which requests did not.
+                with contextlib.suppress(*SDK_ERRORS):
+                    await in_flight
+                    self.transfers += 1
+                    sent_upto = flight_upto
+                in_flight = None
             error = translate(exc, f"sending to {self.queue_name}")
             for request, _ in pending[sent_upto:]:
                 failed[id(request)] = error
+        finally:
+            if in_flight is not None:  # cancelled (the sender is closing)
+                in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *SDK_ERRORS):
+                    await in_flight
         return failed
 
     def _batch_limit(self, sender: ServiceBusSender) -> int:
