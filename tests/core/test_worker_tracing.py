@@ -176,3 +176,25 @@ async def test_sdk_producer_and_consumer_spans_share_one_trace(span_exporter: An
     assert process.parent is not None
     assert process.parent.span_id == send.context.span_id
     assert spans["request"].context.trace_id == send.context.trace_id
+
+
+async def test_sdk_traced_batch_is_one_send_with_a_span_per_task(span_exporter: Any) -> None:
+    span_exporter.clear()
+    broker = InMemoryBroker()
+    app = Boilermaker({}, broker, enable_opentelemetry=True)
+
+    @app.task()
+    async def job(state: Any, n: int) -> None:
+        return None
+
+    with trace.get_tracer("tests").start_as_current_span("request") as request:
+        await app.apply_many(job, range(10))
+    messages = await queued(broker)
+
+    assert broker.send_calls == 1
+    sends = [s for s in span_exporter.get_finished_spans() if s.name == "send job"]
+    assert len(sends) == 10
+    assert {s.parent.span_id for s in sends} == {request.get_span_context().span_id}
+    by_span = {f"{s.context.span_id:016x}": s for s in sends}
+    injected = {m.application_properties["traceparent"].split("-")[2] for m in messages}
+    assert injected == set(by_span)

@@ -201,8 +201,6 @@ class GraphRuntime:
     def _root_batches(self, graph: TaskGraph, roots: list[TaskId]) -> list[list[Publication]]:
         """The roots' publications, grouped as the publisher will send them."""
         items = [Publication(graph.task(t), message_id=str(t)) for t in roots]
-        if self.publisher.tracing.enabled:
-            return [[item] for item in items]  # traced publishing sends one at a time
         messages = [self.publisher.to_message(item) for item in items]
         by_message = {id(m): item for m, item in zip(messages, items, strict=True)}
         limit = self.publisher.broker.max_message_size

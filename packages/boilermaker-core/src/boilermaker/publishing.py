@@ -19,7 +19,7 @@ from boilermaker.envelope import CONTENT_TYPE, MESSAGE_OVERHEAD, encode_task
 from boilermaker.exceptions import MessageTooLarge, PublishError
 from boilermaker.task.serialize import check_arguments
 from boilermaker.task.task import Task
-from boilermaker.tracing import Tracing
+from boilermaker.tracing import Span, Tracing
 
 logger = logging.getLogger("boilermaker.app")
 
@@ -80,8 +80,9 @@ class Publisher:
         self.tracing = tracing
         self.queue_name = queue_name
 
-    def to_message(self, item: Publication) -> OutgoingMessage:
-        """Encode one task, refusing it if it is over the broker's size limit."""
+    def to_message(self, item: Publication, span: Span | None = None) -> OutgoingMessage:
+        """Encode one task (with ``span``'s trace context), refusing it if it is over
+        the broker's size limit."""
         task = item.task
         properties: dict[str, Any] = {
             "boilermaker_function": task.function_name,
@@ -89,7 +90,7 @@ class Publisher:
         }
         if task.graph_id:
             properties["boilermaker_graph_id"] = str(task.graph_id)
-        self.tracing.inject(task, properties)
+        self.tracing.inject(task, properties, span)
         check_chain_arguments(task)
         body = encode_task(task)
         limit = self.broker.max_message_size
@@ -111,29 +112,17 @@ class Publisher:
             raise ValueError("publish_attempts must be at least 1")
         if not items:
             return []
-        if self.tracing.enabled:
-            # One span (and send) per task; still refuse the lot before sending any.
-            for item in items:
-                self.to_message(item)
-            return [await self._publish_traced(item, attempts) for item in items]
-        messages = [self.to_message(item) for item in items]
-        numbers: list[int | None] = []
-        for batch in batches_by_size(messages, self.broker.max_message_size):
-            numbers.extend(await self._send(batch, attempts))
+        with self.tracing.publish_spans([item.task for item in items], self.queue_name) as spans:
+            if spans:
+                messages = [self.to_message(i, s) for i, s in zip(items, spans, strict=True)]
+            else:
+                messages = [self.to_message(item) for item in items]
+            numbers: list[int | None] = []
+            for batch in batches_by_size(messages, self.broker.max_message_size):
+                numbers.extend(await self._send(batch, attempts))
         for item, number in zip(items, numbers, strict=True):
             item.task.sequence_number = number
         return [item.task for item in items]
-
-    async def _publish_traced(self, item: Publication, attempts: int) -> Task:
-        with self.tracing.publish_span(item.task, self.queue_name) as span:
-            try:
-                message = self.to_message(item)
-                (number,) = await self._send([message], attempts)
-            except BaseException as exc:
-                self.tracing.record_failure(span, exc)
-                raise
-        item.task.sequence_number = number
-        return item.task
 
     async def _send(self, messages: list[OutgoingMessage], attempts: int) -> list[int | None]:
         for attempt in range(1, attempts + 1):

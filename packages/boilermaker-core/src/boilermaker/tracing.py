@@ -9,7 +9,7 @@ children, retries) link back to the run that published them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,12 +30,13 @@ class Tracing:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def inject(self, task: Task, properties: dict[str, Any]) -> None:
-        """Put the current trace context into the message properties and the task."""
+    def inject(self, task: Task, properties: dict[str, Any], span: Span | None = None) -> None:
+        """Put the trace context (``span``'s, else the current one) into the message
+        properties and the task."""
         if not self.enabled:
             return
         carrier: dict[str, str] = {}
-        inject(carrier)
+        inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
         parent = carrier.get(TRACEPARENT)
         if parent:
             properties[TRACEPARENT] = parent
@@ -43,25 +44,38 @@ class Tracing:
             task.diagnostic_id = parent
 
     @contextmanager
-    def publish_span(self, task: Task, queue: str | None) -> Iterator[Span | None]:
-        """A producer span around publishing one task."""
+    def publish_spans(self, tasks: Sequence[Task], queue: str | None) -> Iterator[list[Span]]:
+        """One producer span per task, siblings under the current context, ended
+        together when the batch they travel in has been sent (or failed)."""
         if not self.enabled:
-            yield None
+            yield []
             return
-        attributes = {
-            "messaging.system": "servicebus",
-            "messaging.operation.type": "send",
-            "messaging.message.id": str(task.task_id),
-            "boilermaker.function": task.function_name,
-        }
-        if queue:
-            attributes["messaging.destination.name"] = queue
-        if task.graph_id:
-            attributes["boilermaker.graph_id"] = str(task.graph_id)
-        with _tracer.start_as_current_span(
-            f"send {task.function_name}", kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
-            yield span
+        spans = []
+        for task in tasks:
+            attributes = {
+                "messaging.system": "servicebus",
+                "messaging.operation.type": "send",
+                "messaging.message.id": str(task.task_id),
+                "boilermaker.function": task.function_name,
+            }
+            if queue:
+                attributes["messaging.destination.name"] = queue
+            if task.graph_id:
+                attributes["boilermaker.graph_id"] = str(task.graph_id)
+            spans.append(
+                _tracer.start_span(
+                    f"send {task.function_name}", kind=SpanKind.PRODUCER, attributes=attributes
+                )
+            )
+        try:
+            yield spans
+        except BaseException as exc:
+            for span in spans:
+                self.record_failure(span, exc)
+            raise
+        finally:
+            for span in spans:
+                span.end()
 
     @contextmanager
     def run_span(
