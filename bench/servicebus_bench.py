@@ -6,8 +6,9 @@ Everything runs on one process-mode emulator in one run, so the figures are
 comparable with each other; the ratios are what to read:
 
 1. the raw SDK ceiling: a plain ``azure.servicebus.aio`` peek-lock receiver
-   (prefetch 100, and 128 to match our worker at concurrency 64) receiving
-   and completing pre-sent messages, completes awaited one after another;
+   (prefetch 100, and the prefetch our worker uses at each concurrency,
+   2 x concurrency) receiving and completing pre-sent messages, completes
+   awaited one after another;
 2. our worker on no-op tasks and 10 ms tasks at concurrency 1, 16 and 64
    (pre-published with ``apply_many``, so the receive side is measured alone);
 3. the published ``boilermaker-servicebus==1.4.1``, installed by this script
@@ -21,7 +22,9 @@ comparable with each other; the ratios are what to read:
    first 5,000 and at its peak, ours and 1.4.1's (each in a fresh process).
 
 Rates are measured from the first task starting to the last message settled
-(raw SDK: first message received to last completed). CPU columns are this
+(raw SDK: first message received to last completed). Each raw SDK figure is
+the better of two runs, one before and one after our worker's, so a busy
+moment does not lower the ceiling the others are compared with. CPU columns are this
 client's process time and the emulator process's CPU time per message, over
 the same window: when the emulator's figure is the larger, the emulator is
 the bottleneck, not the client. No figure is asserted; the targets of the
@@ -70,7 +73,8 @@ CONCURRENCIES = (1, 16, 64)
 SLEEP = 0.010
 WAVE = 50
 MEMORY_MARK = 5000
-RAW_PREFETCHES = (100, 128)
+#: The raw SDK's prefetch: the issue's 100, and our worker's (2 x concurrency) at each concurrency.
+RAW_PREFETCHES = (100, *(2 * c for c in CONCURRENCIES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,10 +747,11 @@ async def run_all(args: argparse.Namespace) -> Results:
         return name
 
     with emulator() as emu:
-        # 1. raw SDK ceiling
+        # 1. raw SDK ceiling (again after our worker; the better run is kept)
         for prefetch in RAW_PREFETCHES:
             progress(f"raw SDK, prefetch {prefetch}, {sizes.noop} messages")
             results.receive.append(await raw_ceiling(emu, fresh(emu, "raw"), sizes.noop, prefetch))
+        raw_rows = list(results.receive)
         # 2. our worker
         for workload in ("no-op", "sleep 10 ms"):
             for concurrency in CONCURRENCIES:
@@ -757,6 +762,11 @@ async def run_all(args: argparse.Namespace) -> Results:
                 results.receive.append(
                     await our_worker_row(emu, fresh(emu, "ours"), workload, n, concurrency)
                 )
+        for i, prefetch in enumerate(RAW_PREFETCHES):
+            progress(f"raw SDK again, prefetch {prefetch}, {sizes.noop} messages")
+            again = await raw_ceiling(emu, fresh(emu, "raw"), sizes.noop, prefetch)
+            if again.rate > raw_rows[i].rate:
+                results.receive[results.receive.index(raw_rows[i])] = again
         # 3. the published library
         if python is not None:
             for workload, n in (("no-op", sizes.noop), ("sleep 10 ms", sizes.v141_sleep)):
@@ -767,7 +777,9 @@ async def run_all(args: argparse.Namespace) -> Results:
         # 4. publishing
         for how, n in (("sequential", sizes.publish), ("batch", sizes.batch)):
             progress(f"our publisher, {how}, {n} messages")
-            results.publish.append(await our_publish(emu, fresh(emu, "pub"), n, how))
+            queue = fresh(emu, "pub")
+            results.publish.append(await our_publish(emu, queue, n, how))
+            emu.purge_queue(queue)
         if python is not None:
             progress(f"1.4.1 publisher, sequential, {sizes.publish} messages")
             queue = fresh(emu, "pub141")
@@ -848,6 +860,14 @@ def _find(
     return None
 
 
+def _matched_raw(rows: Sequence[Row], row: Row) -> Row | None:
+    """The raw SDK row with the prefetch our worker used for ``row``."""
+    if row.implementation != "ours" or not isinstance(row.concurrency, int):
+        return None
+    name = f"raw SDK (prefetch {2 * row.concurrency})"
+    return next((r for r in rows if r.implementation == name), None)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if not a or not b:
         return None
@@ -869,6 +889,7 @@ def report(results: Results) -> str:
     table = []
     for row in rec:
         v141 = v_noop if row.workload == "no-op" else v_sleep
+        matched = _matched_raw(rec, row)
         table.append(
             [
                 row.workload,
@@ -878,6 +899,7 @@ def report(results: Results) -> str:
                 row.seconds,
                 row.rate,
                 _ratio(row.rate, raw.rate),
+                _ratio(row.rate, matched.rate) if matched is not None else None,
                 _ratio(row.rate, v141.rate if v141 else None),
                 row.client_ms,
                 row.emulator_ms,
@@ -893,6 +915,7 @@ def report(results: Results) -> str:
                 "seconds",
                 "msg/s",
                 "x ceiling",
+                "x raw same prefetch",
                 "x 1.4.1",
                 "client CPU ms/msg",
                 "emulator CPU ms/msg",
@@ -1008,6 +1031,12 @@ def targets(
     )
     sleep64 = _find(rec, "sleep 10 ms", "ours", 64)
     check("no-op c=64 / raw ceiling", _ratio(noop64.rate if noop64 else None, raw.rate), 0.8)
+    matched = _matched_raw(rec, noop64) if noop64 else None
+    check(
+        "no-op c=64 / raw at the same prefetch (128)",
+        _ratio(noop64.rate if noop64 else None, matched.rate if matched else None),
+        0.8,
+    )
     check(
         f"best no-op (c={best_noop.concurrency if best_noop else '-'}) / raw ceiling",
         _ratio(best_noop.rate if best_noop else None, raw.rate),
