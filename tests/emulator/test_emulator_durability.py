@@ -14,7 +14,7 @@ from boilermaker.emulator import QueueCounts, QueueSettings, ServiceBusEmulator
 async def test_restart_with_file_store_keeps_messages(tmp_path: Path) -> None:
     store = tmp_path / "bus.sqlite"
     settings = QueueSettings(name="durable", lock_duration=30, max_delivery_count=4)
-    with ServiceBusEmulator(queues=[settings], store_path=store, mode="process") as first:
+    with ServiceBusEmulator(queues=[settings], store_path=store, mode="thread") as first:
         async with ServiceBusClient.from_connection_string(first.connection_string) as client:
             async with client.get_queue_sender("durable") as sender:
                 await sender.send_messages([ServiceBusMessage(f"keep-{i}") for i in range(3)])
@@ -38,7 +38,7 @@ async def test_restart_with_file_store_keeps_messages(tmp_path: Path) -> None:
     assert before.dead_lettered == 1
     assert before.scheduled == 1
 
-    with ServiceBusEmulator(store_path=store, mode="thread") as second:
+    with ServiceBusEmulator(store_path=store, mode="process") as second:
         assert second.counts("durable") == QueueCounts(
             active=3, scheduled=1, locked=0, deferred=0, dead_lettered=1
         )

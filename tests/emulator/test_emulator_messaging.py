@@ -202,7 +202,7 @@ async def test_peek_does_not_lock(
 async def test_two_receivers_share_a_queue_without_double_delivery(
     client: ServiceBusClient, servicebus_queue: str, servicebus_emulator: ServiceBusEmulator
 ) -> None:
-    total = 200
+    total = 100
     async with client.get_queue_sender(servicebus_queue) as sender:
         await sender.send_messages([ServiceBusMessage(f"w{i}") for i in range(total)])
 
@@ -210,7 +210,7 @@ async def test_two_receivers_share_a_queue_without_double_delivery(
         seen: list[int] = []
         async with client.get_queue_receiver(servicebus_queue, prefetch_count=prefetch) as receiver:
             while True:
-                batch = await receiver.receive_messages(max_message_count=20, max_wait_time=1.5)
+                batch = await receiver.receive_messages(max_message_count=20, max_wait_time=1)
                 if not batch:
                     return seen
                 for message in batch:

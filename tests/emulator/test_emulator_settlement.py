@@ -71,8 +71,7 @@ async def test_max_delivery_count_moves_message_to_dead_letter_queue(
             [message] = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
             assert message.delivery_count == attempt
             await receiver.abandon_message(message)
-        assert await receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
-    assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 1)
+        assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 1)
     async with client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
         [dead] = await dlq.receive_messages(max_message_count=1, max_wait_time=5)
         assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
@@ -133,13 +132,13 @@ async def test_renew_lock_extends_it(
     new_queue: Callable[..., str],
     servicebus_emulator: ServiceBusEmulator,
 ) -> None:
-    queue = new_queue(lock_duration=1.5)
+    queue = new_queue(lock_duration=1.0)
     await _send(client, queue, "long job")
     async with client.get_queue_receiver(queue) as receiver:
         [message] = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
         first_until = message.locked_until_utc
         for _ in range(3):
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(0.6)
             new_until = await receiver.renew_message_lock(message)
             assert new_until > first_until
         assert servicebus_emulator.counts(queue).locked == 1
@@ -157,8 +156,7 @@ async def test_defer_then_receive_deferred_by_sequence_number(
         other = next(m for m in messages if str(m) == "now")
         await receiver.defer_message(deferred)
         await receiver.complete_message(other)
-        assert servicebus_emulator.counts(servicebus_queue).deferred == 1
-        assert await receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
+        assert servicebus_emulator.counts(servicebus_queue) == QueueCounts(0, 0, 0, 1, 0)
         [again] = await receiver.receive_deferred_messages([deferred.sequence_number])
         assert str(again) == "later please"
         assert again.lock_token is not None
