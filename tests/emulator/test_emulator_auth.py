@@ -1,4 +1,4 @@
-"""Contract: SAS tokens are verified on ``$cbs``; a wrong key fails fast."""
+"""Contract: SASL and SAS tokens (verified on ``$cbs``); a wrong key fails fast."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
     ServiceBusAuthenticationError,
 )
+from proton import ConnectionException
 
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
 from boilermaker.emulator.sas import TokenError, generate_sas_token, verify_sas_token
@@ -109,3 +110,33 @@ def test_sas_token_round_trip_and_failures() -> None:
     tampered = token.replace("tasks", "other")
     with pytest.raises(TokenError, match="InvalidSignature"):
         verify_sas_token(tampered, "policy", "key")
+
+
+def test_sasl_plain_with_the_namespace_key_authorizes_the_connection(
+    strict_emulator: ServiceBusEmulator,
+) -> None:
+    """Clients that authenticate with SASL PLAIN (key name, key) need no CBS token."""
+    from proton import Message
+    from proton.utils import BlockingConnection, LinkDetached
+
+    url = f"amqp://127.0.0.1:{strict_emulator.port}"
+    connection = BlockingConnection(
+        url, user="app-policy", password="s3cret-key", allowed_mechs="PLAIN"
+    )
+    try:
+        connection.create_sender("known").send(Message(body="over PLAIN"))
+    finally:
+        connection.close()
+    assert strict_emulator.counts("known").active == 1
+    strict_emulator.purge_queue("known")
+
+    with pytest.raises(ConnectionException, match="unauthorized-access"):
+        BlockingConnection(url, user="app-policy", password="wrong", allowed_mechs="PLAIN")
+
+    anonymous = BlockingConnection(url, allowed_mechs="ANONYMOUS")
+    try:
+        with pytest.raises(LinkDetached, match="unauthorized-access"):
+            anonymous.create_sender("known").send(Message(body="no token"))
+    finally:
+        anonymous.close()
+    assert strict_emulator.counts("known").active == 0

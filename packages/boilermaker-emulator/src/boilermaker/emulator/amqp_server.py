@@ -44,7 +44,7 @@ from proton import (
     Transport,
 )
 
-from .event_loop import EventLoop
+from .event_loop import EventLoop, Socket
 from .links import (
     QueueInbox,
     QueueOutbox,
@@ -56,6 +56,7 @@ from .links import (
 )
 from .management import ManagementReply, handle_management
 from .sas import TokenError, verify_sas_token
+from .sasl import SaslHandshake
 from .store import Entity, Namespace, QueueNotFound
 
 __all__ = ["AmqpServer", "Peer"]
@@ -148,7 +149,8 @@ class AmqpServer:
                 cproton.PN_CONNECTION_REMOTE_CLOSE: self._on_connection_close,
                 cproton.PN_TRANSPORT_ERROR: self._on_transport_error,
                 cproton.PN_TRANSPORT_CLOSED: self._on_transport_closed,
-            }
+            },
+            on_authenticated=self._on_authenticated,
         )
         self._listener = _bind_listener(host, port)
         self.port: int = self._listener.getsockname()[1]
@@ -288,12 +290,20 @@ class AmqpServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = Connection()
         transport = Transport(Transport.SERVER)
-        sasl = transport.sasl()
-        sasl.allow_insecure_mechs = True
-        sasl.allowed_mechs("ANONYMOUS PLAIN")
+        transport.require_auth(False)
         transport.bind(connection)
-        wrapped = self.loop.adopt(sock, transport, connection)
+        handshake = SaslHandshake(self._verify_plain)
+        wrapped = self.loop.adopt(sock, transport, connection, handshake)
         self.peers[wrapped.key] = Peer(wrapped.key, connection)
+
+    def _verify_plain(self, user: str, password: str) -> bool:
+        return self.accept_any_token or (user == self.key_name and password == self.key)
+
+    def _on_authenticated(self, wrapped: Socket, handshake: SaslHandshake) -> None:
+        peer = self.peers.get(wrapped.key)
+        if peer is not None and handshake.authorized:
+            peer.authorized = True
+            logger.debug("connection authenticated with SASL PLAIN as %s", handshake.user)
 
     def _peer(self, connection: Connection) -> Peer | None:
         return self.peers.get(addressof(connection._impl))
@@ -403,6 +413,9 @@ class AmqpServer:
             link.open()
             return
         assert isinstance(link, Sender)
+        if _wants_session(link):
+            self._refuse(link, "amqp:not-implemented", "sessions are not supported by the emulator")
+            return
         receive_and_delete = is_receive_and_delete(link)
         link.snd_settle_mode = Link.SND_SETTLED if receive_and_delete else Link.SND_UNSETTLED
         link.rcv_settle_mode = link.remote_rcv_settle_mode
@@ -507,6 +520,16 @@ def _management_responder(entity: Entity) -> Callable[[Message, float], Message]
         return Message(body=reply.body, properties=reply.properties())
 
     return respond
+
+
+def _wants_session(link: Link) -> bool:
+    """True when a receiver asks for a message session (``com.microsoft:session-filter``)."""
+    data = link.remote_source.filter
+    data.rewind()
+    if data.next() is None:
+        return False
+    filters = data.get_object()
+    return isinstance(filters, dict) and any("session-filter" in str(k) for k in filters)
 
 
 def _open_session(session: Session) -> None:

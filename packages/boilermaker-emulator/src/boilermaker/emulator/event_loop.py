@@ -33,6 +33,8 @@ from cproton import (  # type: ignore[import-untyped]  # proton's cffi layer shi
 )
 from proton import Collector, Connection, Transport
 
+from .sasl import SaslHandshake
+
 __all__ = ["EventLoop", "Socket"]
 
 logger = logging.getLogger("boilermaker.emulator")
@@ -47,12 +49,19 @@ _WRITE = selectors.EVENT_WRITE
 class Socket:
     """A client socket bound to its proton transport."""
 
-    __slots__ = ("closed", "connection", "key", "mask", "sock", "transport")
+    __slots__ = ("closed", "connection", "handshake", "key", "mask", "sock", "transport")
 
-    def __init__(self, sock: socket.socket, transport: Transport, connection: Connection) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        transport: Transport,
+        connection: Connection,
+        handshake: SaslHandshake | None,
+    ) -> None:
         self.sock = sock
         self.transport = transport
         self.connection = connection
+        self.handshake = handshake
         self.mask = _READ
         self.closed = False
         self.key = addressof(connection._impl)
@@ -61,8 +70,13 @@ class Socket:
 class EventLoop:
     """Poll sockets, feed proton transports, dispatch engine events, run timers."""
 
-    def __init__(self, handlers: dict[int, EventHandler]) -> None:
+    def __init__(
+        self,
+        handlers: dict[int, EventHandler],
+        on_authenticated: Callable[[Socket, SaslHandshake], None] | None = None,
+    ) -> None:
         self.handlers = handlers
+        self.on_authenticated = on_authenticated
         self.collector = Collector()
         self.selector = selectors.DefaultSelector()
         self.sockets: dict[int, Socket] = {}
@@ -112,11 +126,21 @@ class EventLoop:
                 pass
         sock.close()
 
-    def adopt(self, sock: socket.socket, transport: Transport, connection: Connection) -> Socket:
-        """Serve an accepted socket with a transport already bound to ``connection``."""
+    def adopt(
+        self,
+        sock: socket.socket,
+        transport: Transport,
+        connection: Connection,
+        handshake: SaslHandshake | None = None,
+    ) -> Socket:
+        """Serve an accepted socket with a transport already bound to ``connection``.
+
+        With a ``handshake``, the SASL layer is negotiated here first and
+        proton sees the stream from the AMQP header on.
+        """
         sock.setblocking(False)
         connection.collect(self.collector)
-        wrapped = Socket(sock, transport, connection)
+        wrapped = Socket(sock, transport, connection, handshake)
         self.sockets[wrapped.key] = wrapped
         self.selector.register(sock, _READ, wrapped)
         return wrapped
@@ -161,12 +185,36 @@ class EventLoop:
         except OSError:
             data = b""
         if data:
-            transport.push(data)
+            if wrapped.handshake is not None:
+                data = self._negotiate(wrapped, data)
+            if data:
+                transport.push(data)
             return
         # The peer went away (often without an AMQP close): nothing more to say to it.
         transport.close_tail()
         transport.close_head()
         self._set_mask(wrapped, 0)
+
+    def _negotiate(self, wrapped: Socket, data: bytes) -> bytes:
+        """Run the SASL exchange; return the bytes that belong to proton."""
+        handshake = wrapped.handshake
+        assert handshake is not None
+        reply, rest = handshake.feed(data)
+        if reply:
+            try:
+                wrapped.sock.sendall(reply)
+            except OSError:
+                handshake.failed = True
+        if handshake.failed:
+            wrapped.transport.close_tail()
+            wrapped.transport.close_head()
+            self._set_mask(wrapped, 0)
+            return b""
+        if handshake.done:
+            wrapped.handshake = None
+            if self.on_authenticated is not None:
+                self.on_authenticated(wrapped, handshake)
+        return rest
 
     def _write(self, wrapped: Socket) -> None:
         transport = wrapped.transport
