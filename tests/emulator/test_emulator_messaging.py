@@ -222,3 +222,31 @@ async def test_two_receivers_share_a_queue_without_double_delivery(
     assert second, "the second receiver got work"
     assert sorted(first + second) == list(range(1, total + 1))
     assert servicebus_emulator.counts(servicebus_queue) == QueueCounts(0, 0, 0, 0, 0)
+
+
+async def test_large_message_round_trips_intact(
+    client: ServiceBusClient, servicebus_queue: str
+) -> None:
+    body = bytes(range(256)) * 900  # 230,400 bytes: many frames each way
+    async with client.get_queue_sender(servicebus_queue) as sender:
+        await sender.send_messages(ServiceBusMessage(body, message_id="big"))
+    async with client.get_queue_receiver(servicebus_queue) as receiver:
+        [message] = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        assert b"".join(message.body) == body
+        await receiver.complete_message(message)
+
+
+async def test_many_concurrent_connections(
+    servicebus_emulator: ServiceBusEmulator, servicebus_queue: str
+) -> None:
+    publishers = 20
+
+    async def publish(n: int) -> None:
+        async with (
+            ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as c,
+            c.get_queue_sender(servicebus_queue, keep_alive=0) as sender,
+        ):
+            await sender.send_messages([ServiceBusMessage(f"{n}-{i}") for i in range(5)])
+
+    await asyncio.gather(*(publish(n) for n in range(publishers)))
+    assert servicebus_emulator.counts(servicebus_queue).active == publishers * 5

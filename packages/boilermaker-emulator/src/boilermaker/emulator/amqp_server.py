@@ -70,6 +70,8 @@ MANAGEMENT_SUFFIX = "/$management"
 CONTAINER_ID = "boilermaker-emulator"
 NOT_FOUND = "amqp:not-found"
 UNAUTHORIZED = "amqp:unauthorized-access"
+#: Frame size offered to clients (the SDK proposes 1 MB); big messages take fewer frames.
+MAX_FRAME_SIZE = 1_048_576
 
 
 def entity_path(address: str | None) -> str:
@@ -291,6 +293,7 @@ class AmqpServer:
         connection = Connection()
         transport = Transport(Transport.SERVER)
         transport.require_auth(False)
+        transport.max_frame_size = MAX_FRAME_SIZE
         transport.bind(connection)
         handshake = SaslHandshake(self._verify_plain)
         wrapped = self.loop.adopt(sock, transport, connection, handshake)
