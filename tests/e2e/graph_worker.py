@@ -13,8 +13,11 @@ the environment and runs a worker until SIGTERM:
 - ``GRAPH_RUNS_FILE``: where runs are appended;
 - ``GRAPH_CONCURRENCY``: tasks in flight (default 4);
 - ``GRAPH_EXIT_ON_SCHEDULED``: a task id; the worker exits at once
-  (``os._exit(1)``) when it is about to record that node as Scheduled, that
-  is, right after publishing its message;
+  (``os._exit(1)``) at the write that records that node as Scheduled:
+  just before it (``GRAPH_EXIT_WHEN=before``, the default) or just after it
+  succeeded (``after``). Dispatch publishes the node's message on one side of
+  that write, so one of the two leaves a message sent and its record not
+  saying so, the other a record saying Scheduled and no message yet;
 - ``GRAPH_START_WHEN``: a path; the process loads everything at once but
   starts its worker only when that file exists, so a test can have a fresh
   worker ready the moment it needs one.
@@ -101,27 +104,36 @@ def build_app(
 
 
 class ExitOnScheduled:
-    """A ResultsStore that exits the process instead of recording one node as Scheduled.
+    """A ResultsStore that kills the process at the write recording one node as Scheduled."""
 
-    Dispatch publishes a node's message and then writes its record with status
-    Scheduled; exiting on that write leaves a published child whose record still
-    says Pending, as a worker killed between the two steps would.
-    """
-
-    def __init__(self, store: BlobClientStorage, task_id: str) -> None:
+    def __init__(self, store: BlobClientStorage, task_id: str, when: str = "before") -> None:
+        if when not in ("before", "after"):
+            raise ValueError(f"when must be 'before' or 'after', not {when!r}")
         self._store = store
         self._task_id = task_id
+        self._when = when
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
+    def _schedules_target(self, name: str, data: bytes) -> bool:
+        return (
+            name.endswith(f"/{self._task_id}.json")
+            and json.loads(data).get("status") == "scheduled"
+        )
+
+    def _exit(self) -> None:
+        print(f"exiting {self._when} recording {self._task_id} as scheduled", flush=True)
+        os._exit(1)
+
     async def write(self, name: str, data: bytes, **kwargs: Any) -> str:
-        if name.endswith(f"/{self._task_id}.json"):
-            doc = json.loads(data)
-            if doc.get("status") == "scheduled":
-                print(f"exiting before recording {self._task_id} as scheduled", flush=True)
-                os._exit(1)
-        return await self._store.write(name, data, **kwargs)
+        target = self._schedules_target(name, data)
+        if target and self._when == "before":
+            self._exit()
+        etag = await self._store.write(name, data, **kwargs)
+        if target:
+            self._exit()
+        return etag
 
 
 async def main() -> None:
@@ -134,7 +146,9 @@ async def main() -> None:
     )
     store: Any = blob_store
     if env.get("GRAPH_EXIT_ON_SCHEDULED"):
-        store = ExitOnScheduled(blob_store, env["GRAPH_EXIT_ON_SCHEDULED"])
+        store = ExitOnScheduled(
+            blob_store, env["GRAPH_EXIT_ON_SCHEDULED"], env.get("GRAPH_EXIT_WHEN", "before")
+        )
     app = build_app(broker, store, RunLog(env["GRAPH_RUNS_FILE"]))
     print("worker starting", flush=True)
     try:
