@@ -7,11 +7,10 @@ not thread-safe, so other threads reach the server only through
 :meth:`AmqpServer.call`, which runs a function on the server thread and waits
 for its result.
 
-Connections authenticate the way Service Bus clients do: SASL ANONYMOUS (or
-PLAIN), then a CBS ``put-token`` with a SAS token that is verified against
-the namespace key. Queue and ``$management`` links of a connection without a
-valid token are refused with ``amqp:unauthorized-access`` (unless any token
-is accepted).
+Connections authenticate the way Service Bus clients do: SASL ANONYMOUS,
+then a CBS ``put-token`` with a SAS token verified against the namespace key
+(see :mod:`~boilermaker.emulator.attach`); SASL PLAIN with the key name and
+key authorizes a connection too.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import cproton  # type: ignore[import-untyped]  # proton's cffi layer ships no hints
 from cproton import (
@@ -37,66 +35,26 @@ from proton import (
     Connection,
     Delivery,
     Link,
-    Message,
-    Receiver,
     Sender,
     Session,
     Transport,
 )
 
+from .attach import LinkAttacher, Peer
 from .event_loop import EventLoop, Socket
-from .links import (
-    QueueInbox,
-    QueueOutbox,
-    RefusingInbox,
-    ReplyOutbox,
-    RequestInbox,
-    error_condition,
-    is_receive_and_delete,
-)
-from .management import ManagementReply, handle_management
-from .sas import TokenError, verify_sas_token
+from .links import QueueInbox, QueueOutbox, RefusingInbox, ReplyOutbox, RequestInbox
 from .sasl import SaslHandshake
-from .store import Entity, Namespace, QueueNotFound
+from .store import Entity, Namespace
 
-__all__ = ["AmqpServer", "Peer"]
+__all__ = ["AmqpServer"]
 
 logger = logging.getLogger("boilermaker.emulator")
 
 T = TypeVar("T")
 
-CBS_ADDRESS = "$cbs"
-MANAGEMENT_SUFFIX = "/$management"
 CONTAINER_ID = "boilermaker-emulator"
-NOT_FOUND = "amqp:not-found"
-UNAUTHORIZED = "amqp:unauthorized-access"
 #: Frame size offered to clients (the SDK proposes 1 MB); big messages take fewer frames.
 MAX_FRAME_SIZE = 1_048_576
-
-
-def entity_path(address: str | None) -> str:
-    """The entity path of a link address: ``amqps://host:port/tasks`` -> ``tasks``."""
-    if not address:
-        return ""
-    path = urlsplit(address).path if "://" in address else address
-    return path.strip("/")
-
-
-class Peer:
-    """One client connection: its authorization and its links."""
-
-    def __init__(self, key: int, connection: Connection) -> None:
-        self.key = key
-        self.connection = connection
-        self.authorized = False
-        self.replies: dict[str, ReplyOutbox] = {}
-        self.outboxes: list[QueueOutbox] = []
-
-    def reply_link(self, reply_to: str | None, fallback: str) -> ReplyOutbox | None:
-        """Where a response goes: the link named by ``reply_to``, else the request's own address."""
-        if reply_to and reply_to in self.replies:
-            return self.replies[reply_to]
-        return self.replies.get(fallback)
 
 
 def _bind_listener(host: str, port: int) -> socket.socket:
@@ -133,6 +91,13 @@ class AmqpServer:
         self.tick_interval = tick_interval
         self.peers: dict[int, Peer] = {}
         self.consumers: dict[Entity, list[QueueOutbox]] = {}
+        self.links = LinkAttacher(
+            namespace,
+            self.consumers,
+            key_name=key_name,
+            key=key,
+            accept_any_token=accept_any_token,
+        )
         self.frame_delay = 0.0
         self._refuse_until = 0.0
         self._delayed: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = []
@@ -324,6 +289,11 @@ class AmqpServer:
     def _on_link_open(self, event: Any) -> None:
         self._run(self._attach, Link.wrap(pn_event_link(event)))
 
+    def _attach(self, link: Link) -> None:
+        peer = self._peer(link.connection)
+        if peer is not None:
+            self.links.attach(link, peer)
+
     def _on_link_flow(self, event: Any) -> None:
         link = Link.wrap(pn_event_link(event))
         if isinstance(link, Sender):
@@ -372,108 +342,6 @@ class AmqpServer:
             if not outboxes:
                 del self.consumers[outbox.entity]
 
-    # -- links -----------------------------------------------------------------------
-
-    def _refuse(self, link: Link, condition: str, description: str) -> None:
-        """Refuse a link the way the SDK reports well (see :class:`RefusingInbox`)."""
-        link.source.copy(link.remote_source)
-        link.target.copy(link.remote_target)
-        logger.info("refused link %r: %s", link.name, description)
-        if isinstance(link, Receiver):
-            link.role = RefusingInbox(link, condition, description)
-            link.open()
-            return
-        link.open()
-        link.condition = error_condition(condition, description)
-        link.close()
-
-    def _attach(self, link: Link) -> None:
-        peer = self._peer(link.connection)
-        if peer is None:
-            return
-        address = link.remote_target.address if link.is_receiver else link.remote_source.address
-        path = entity_path(address)
-        if path == CBS_ADDRESS or path.lower().endswith(MANAGEMENT_SUFFIX):
-            self._attach_request_link(link, peer, path, address or path)
-            return
-        if not (peer.authorized or self.accept_any_token):
-            self._refuse(link, UNAUTHORIZED, "put a valid SAS token on $cbs first")
-            return
-        try:
-            entity = self.namespace.entity(path)
-        except QueueNotFound:
-            self._refuse(link, NOT_FOUND, _not_found(path))
-            return
-        except ValueError as exc:
-            self._refuse(link, "amqp:invalid-field", str(exc))
-            return
-        link.source.copy(link.remote_source)
-        link.target.copy(link.remote_target)
-        if isinstance(link, Receiver):
-            link.max_message_size = entity.queue.settings.max_message_size
-            link.rcv_settle_mode = link.remote_rcv_settle_mode
-            link.role = QueueInbox(link, entity)
-            link.open()
-            return
-        assert isinstance(link, Sender)
-        if _wants_session(link):
-            self._refuse(link, "amqp:not-implemented", "sessions are not supported by the emulator")
-            return
-        receive_and_delete = is_receive_and_delete(link)
-        link.snd_settle_mode = Link.SND_SETTLED if receive_and_delete else Link.SND_UNSETTLED
-        link.rcv_settle_mode = link.remote_rcv_settle_mode
-        outbox = QueueOutbox(link, entity, peek_lock=not receive_and_delete)
-        link.role = outbox
-        link.open()
-        peer.outboxes.append(outbox)
-        self.consumers.setdefault(entity, []).append(outbox)
-
-    def _attach_request_link(self, link: Link, peer: Peer, path: str, address: str) -> None:
-        link.source.copy(link.remote_source)
-        link.target.copy(link.remote_target)
-        if isinstance(link, Sender):
-            outbox = ReplyOutbox(link)
-            link.role = outbox
-            peer.replies[address] = outbox
-            if path != address:
-                peer.replies.setdefault(path, outbox)
-            link.open()
-            return
-        if path == CBS_ADDRESS:
-            respond = self._cbs_responder(peer)
-        elif not (peer.authorized or self.accept_any_token):
-            respond = _refusal_responder(401, UNAUTHORIZED, "put a valid SAS token on $cbs first")
-        else:
-            entity_name = path[: -len(MANAGEMENT_SUFFIX)]
-            try:
-                respond = _management_responder(self.namespace.entity(entity_name))
-            except QueueNotFound:
-                respond = _refusal_responder(404, NOT_FOUND, _not_found(entity_name))
-        assert isinstance(link, Receiver)
-        link.role = RequestInbox(link, peer, address, respond)
-        link.open()
-
-    def _cbs_responder(self, peer: Peer) -> Callable[[Message, float], Message]:
-        def respond(request: Message, now: float) -> Message:
-            props: dict[Any, Any] = request.properties or {}
-            if props.get("operation") != "put-token":
-                return _cbs_reply(400, f"unsupported CBS operation {props.get('operation')!r}")
-            if self.accept_any_token:
-                peer.authorized = True
-                return _cbs_reply(202, "Accepted")
-            token = request.body
-            if not isinstance(token, (str, bytes)):
-                return _cbs_reply(400, "put-token body must be the token string")
-            try:
-                verify_sas_token(token, self.key_name, self.key, now=now)
-            except TokenError as exc:
-                logger.info("CBS put-token refused: %s", exc.description)
-                return _cbs_reply(exc.status, exc.description)
-            peer.authorized = True
-            return _cbs_reply(202, "Accepted")
-
-        return respond
-
     def _flow(self, link: Link) -> None:
         role = _role_of(link)
         if isinstance(role, QueueOutbox):
@@ -495,44 +363,6 @@ class AmqpServer:
             role.on_delivery(delivery, now)
         elif link.is_sender and delivery.settled:
             delivery.settle()
-
-
-def _cbs_reply(status: int, description: str) -> Message:
-    return Message(properties={"status-code": status, "status-description": description})
-
-
-def _not_found(path: str) -> str:
-    return f"The messaging entity '{path}' could not be found."
-
-
-def _refusal_responder(
-    status: int, condition: str, description: str
-) -> Callable[[Message, float], Message]:
-    reply = ManagementReply.error(status, condition, description)
-
-    def respond(request: Message, now: float) -> Message:
-        return Message(body=None, properties=reply.properties())
-
-    return respond
-
-
-def _management_responder(entity: Entity) -> Callable[[Message, float], Message]:
-    def respond(request: Message, now: float) -> Message:
-        props: dict[Any, Any] = request.properties or {}
-        reply = handle_management(entity, str(props.get("operation", "")), request.body, now)
-        return Message(body=reply.body, properties=reply.properties())
-
-    return respond
-
-
-def _wants_session(link: Link) -> bool:
-    """True when a receiver asks for a message session (``com.microsoft:session-filter``)."""
-    data = link.remote_source.filter
-    data.rewind()
-    if data.next() is None:
-        return False
-    filters = data.get_object()
-    return isinstance(filters, dict) and any("session-filter" in str(k) for k in filters)
 
 
 def _open_session(session: Session) -> None:

@@ -91,7 +91,10 @@ class _InThread:
         self.pid = os.getpid()
 
     def create_queue(self, settings: QueueSettings) -> None:
-        self.server.call(lambda: self.namespace.create_queue(settings) and None)
+        def create() -> None:
+            self.namespace.create_queue(settings)
+
+        self.server.call(create)
 
     def delete_queue(self, name: str) -> None:
         self.server.call(lambda: self.namespace.delete_queue(name))
@@ -144,6 +147,9 @@ class _InProcess:
             "0",
             "--queues-json",
             json.dumps([q.to_dict() for q in emulator.queues]),
+            # The child logs at the level this process's emulator logger is set to.
+            "--log-level",
+            logging.getLevelName(logger.getEffectiveLevel()),
         ]
         if emulator.store_path is not None:
             args += ["--store", str(emulator.store_path)]
