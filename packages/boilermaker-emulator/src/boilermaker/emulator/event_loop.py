@@ -337,6 +337,16 @@ class EventLoop:
                 sock.close()
 
     def _close_everything(self) -> None:
+        # Calls that raced with the stop still get an answer (their callers wait on it).
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                fn()
+            except Exception:
+                logger.exception("error in a call made while the emulator stopped")
         for wrapped in list(self.sockets.values()):
             self._close_socket(wrapped)
         for fd in list(self._listeners):

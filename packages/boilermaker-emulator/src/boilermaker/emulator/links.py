@@ -27,7 +27,7 @@ from .message import ParsedMessage, parse_message, render
 from .store import Entity, Settle
 
 if TYPE_CHECKING:
-    from .amqp_server import Peer
+    from .attach import Peer
 
 __all__ = ["QueueInbox", "QueueOutbox", "RefusingInbox", "ReplyOutbox", "RequestInbox"]
 
