@@ -323,10 +323,6 @@ def encode_timestamp(ms: int) -> bytes:
     return b"\x83" + _S64.pack(ms)
 
 
-def encode_uuid(value: uuid.UUID) -> bytes:
-    return b"\x98" + value.bytes
-
-
 def _encode_map(encoded_entries: list[bytes]) -> bytes:
     body = b"".join(encoded_entries)
     count = len(encoded_entries) * 2

@@ -153,10 +153,6 @@ class Entity:
 
     # -- receiving ----------------------------------------------------------
 
-    def has_ready(self) -> bool:
-        """True when a ready message may be waiting (may be a stale entry)."""
-        return bool(self.ready)
-
     def take(self, now: float, peek_lock: bool) -> StoredMessage | None:
         """Hand out the next ready message: locked (peek-lock) or removed (receive-and-delete)."""
         now_ms = _now_ms(now)
