@@ -1,0 +1,1 @@
+"""Contract tests of boilermaker-emulator against the real azure-servicebus SDK."""
