@@ -44,7 +44,7 @@ async def test_dead_letter_reasons_end_to_end(
     worker_app.register_async(fails, policy=NoRetry())
     worker_app.register_async(gives_up, policy=RetryPolicy(max_tries=2, delay=0, delay_max=0))
     # A publisher that knows a function this worker does not.
-    publisher = Boilermaker({}, service_bus_client=make_broker(queue))
+    publisher = Boilermaker({}, service_bus_client=broker)
     publisher.register_async(unknown_here)
 
     sent_at = datetime.now(UTC)

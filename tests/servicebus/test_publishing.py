@@ -19,7 +19,7 @@ from boilermaker.broker import (
 from boilermaker.emulator import QueueCounts, ServiceBusEmulator
 from boilermaker.envelope import decode_task
 from boilermaker.service_bus import AzureServiceBus
-from tests.servicebus.conftest import wrong_key
+from tests.servicebus.conftest import sdk_leaks_dead_sockets, wrong_key
 
 
 async def noop(state: object, n: int = 0, blob: str = "") -> None:
@@ -38,11 +38,12 @@ async def test_publishing_leaves_no_readiness_message_in_the_queue(
     servicebus_emulator: ServiceBusEmulator,
 ) -> None:
     queue = new_queue()
-    app = app_for(make_broker(queue))
+    broker = make_broker(queue)
+    app = app_for(broker)
     published = [await app.apply_async(noop, i) for i in range(3)]
     published += await app.apply_many(noop, [(i,) for i in range(3, 10)])
     assert servicebus_emulator.counts(queue) == QueueCounts(10, 0, 0, 0, 0)
-    async with make_broker(queue).receiver() as receiver:
+    async with broker.receiver() as receiver:
         peeked = await receiver.peek(50)
     assert len(peeked) == 10
     assert sorted(str(decode_task(m.body).task_id) for m in peeked) == sorted(
@@ -171,6 +172,7 @@ async def test_a_message_the_queue_refuses_for_size_maps_to_broker_size_exceeded
     assert servicebus_emulator.counts(queue).active == 1
 
 
+@sdk_leaks_dead_sockets
 async def test_transient_connection_failures_are_retried_per_publish_attempts(
     new_queue: Callable[..., str],
     make_broker: Callable[..., AzureServiceBus],
@@ -181,12 +183,12 @@ async def test_transient_connection_failures_are_retried_per_publish_attempts(
 
     # One attempt: the refused connection surfaces as a transient error.
     app = app_for(make_broker(queue))
-    servicebus_emulator.refuse_connections(1.0)
+    servicebus_emulator.refuse_connections(0.5)
     with pytest.raises(PublishError, match=r"after 1 attempt\(s\)") as caught:
         await app.apply_async(noop, 1)
     assert isinstance(caught.value.__cause__, BrokerError)
     assert caught.value.__cause__.transient is True
-    await asyncio.sleep(1.0)  # let the refusal window close
+    await asyncio.sleep(0.5)  # let the refusal window close
 
     # Several attempts with backoff ride out the same window; exactly one message lands.
     app = app_for(make_broker(queue))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import SecretStr
 
 from boilermaker import Boilermaker
-from boilermaker.broker import OutgoingMessage, ReceivedMessage, SubQueue
+from boilermaker.broker import OutgoingMessage, ReceivedMessage
 from boilermaker.config import Config
 from boilermaker.emulator import QueueCounts, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus, ServiceBusQueueReceiver
@@ -23,8 +24,8 @@ class RecordingBroker(AzureServiceBus):
 
     receivers: list[ServiceBusQueueReceiver]
 
-    def receiver(self, **kwargs: object) -> ServiceBusQueueReceiver:  # type: ignore[override]
-        made = super().receiver(**kwargs)  # type: ignore[arg-type]
+    def receiver(self, **kwargs: Any) -> ServiceBusQueueReceiver:
+        made = super().receiver(**kwargs)
         self.receivers = [*getattr(self, "receivers", []), made]
         return made
 
@@ -88,7 +89,7 @@ async def test_fifty_concurrent_renewals_and_completes_on_one_receiver(
         assert len({m.message_id for m in got}) == 100
         first, second = got[:50], got[50:]
         before = {m.message_id: m.locked_until for m in first}
-        await asyncio.sleep(1.1)  # so a renewed lock visibly ends later
+        await asyncio.sleep(0.3)  # so a renewed lock visibly ends later
 
         started = time.monotonic()
         renewed = await asyncio.gather(*(receiver.renew_lock(m) for m in first))
@@ -101,7 +102,7 @@ async def test_fifty_concurrent_renewals_and_completes_on_one_receiver(
         await asyncio.gather(*(receiver.complete(m) for m in first))
 
         # Renewals, completes and abandons all at once.
-        ops = [receiver.renew_lock(m) for m in second[:25]]
+        ops: list[Awaitable[object]] = [receiver.renew_lock(m) for m in second[:25]]
         ops += [receiver.complete(m) for m in second[25:40]]
         ops += [receiver.abandon(m) for m in second[40:]]
         await asyncio.gather(*ops)
@@ -121,14 +122,14 @@ async def test_a_task_longer_than_the_lock_runs_once(
     make_broker: Callable[..., AzureServiceBus],
     servicebus_emulator: ServiceBusEmulator,
 ) -> None:
-    lock = 1.0
+    lock = 0.8
     queue = new_queue(lock_duration=lock, max_delivery_count=5)
     broker = make_broker(queue)
     runs: Counter[int] = Counter()
 
     async def slow(state: object, n: int) -> None:
         runs[n] += 1
-        await asyncio.sleep(lock * 3.5)
+        await asyncio.sleep(lock * 3)
 
     app = Boilermaker({}, service_bus_client=broker)
     app.register_async(slow)
@@ -172,9 +173,8 @@ async def test_worker_completes_1x_readiness_messages_silently(
     assert worker.stats.succeeded == 1
     assert worker.stats.dead_lettered == 0
     assert worker.stats.failed == 0
+    # Nothing left over, and nothing dead-lettered.
     assert servicebus_emulator.counts(queue) == QueueCounts(0, 0, 0, 0, 0)
-    async with broker.receiver(sub_queue=SubQueue.DeadLetter) as dlq:
-        assert await dlq.peek(10) == []
 
 
 def _ids(messages: list[ReceivedMessage]) -> list[str]:
