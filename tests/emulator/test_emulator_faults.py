@@ -137,3 +137,19 @@ def test_thread_mode_has_the_same_api() -> None:
         assert emulator.drop_connections() == 0
         assert emulator.connection_string.endswith(";UseDevelopmentEmulator=true")
     assert not emulator.running
+
+
+async def test_deleting_a_queue_detaches_its_receivers(
+    servicebus_emulator: ServiceBusEmulator, new_queue: Callable[..., str]
+) -> None:
+    queue = new_queue()
+    async with (
+        ServiceBusClient.from_connection_string(
+            servicebus_emulator.connection_string, retry_total=0
+        ) as client,
+        client.get_queue_receiver(queue, keep_alive=0) as receiver,
+    ):
+        assert await receiver.receive_messages(max_message_count=1, max_wait_time=0.5) == []
+        servicebus_emulator.delete_queue(queue)
+        with pytest.raises(ServiceBusError, match="resource-deleted"):
+            await receiver.receive_messages(max_message_count=1, max_wait_time=2)

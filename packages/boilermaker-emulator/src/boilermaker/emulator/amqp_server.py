@@ -42,7 +42,14 @@ from proton import (
 
 from .attach import LinkAttacher, Peer
 from .event_loop import EventLoop, Socket
-from .links import QueueInbox, QueueOutbox, RefusingInbox, ReplyOutbox, RequestInbox
+from .links import (
+    QueueInbox,
+    QueueOutbox,
+    RefusingInbox,
+    ReplyOutbox,
+    RequestInbox,
+    error_condition,
+)
 from .sasl import SaslHandshake
 from .store import Entity, Namespace
 
@@ -172,6 +179,18 @@ class AmqpServer:
 
         self.loop.call_soon_threadsafe(run)
         return future.result(timeout)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue and detach its receivers (call on the server thread)."""
+        queue = self.namespace.queue(name, create=False)
+        self.namespace.delete_queue(name)
+        for entity in (queue.main, queue.dead_letters):
+            for outbox in list(self.consumers.get(entity, ())):
+                self._forget(outbox)
+                outbox.link.condition = error_condition(
+                    "amqp:resource-deleted", f"The messaging entity '{entity.path}' was deleted."
+                )
+                outbox.link.close()
 
     # -- fault injection (call on the server thread) ---------------------------
 

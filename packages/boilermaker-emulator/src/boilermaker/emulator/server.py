@@ -97,7 +97,7 @@ class _InThread:
         self.server.call(create)
 
     def delete_queue(self, name: str) -> None:
-        self.server.call(lambda: self.namespace.delete_queue(name))
+        self.server.call(lambda: self.server.delete_queue(name))
 
     def purge_queue(self, name: str) -> None:
         self.server.call(lambda: self.namespace.queue(name, create=False).purge())
