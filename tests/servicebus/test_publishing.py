@@ -16,9 +16,9 @@ from boilermaker.broker import (
     BrokerMessageSizeExceeded,
     OutgoingMessage,
 )
-from boilermaker.emulator import QueueCounts, ServiceBusEmulator
+from boilermaker.emulator import QueueCounts, QueueSettings, ServiceBusEmulator
 from boilermaker.envelope import decode_task
-from boilermaker.service_bus import AzureServiceBus
+from boilermaker.service_bus import AzureServiceBus, EntityNotFound
 from tests.servicebus.conftest import sdk_leaks_dead_sockets, wrong_key
 
 
@@ -200,3 +200,19 @@ async def test_transient_connection_failures_are_retried_per_publish_attempts(
     async with make_broker(queue).receiver() as receiver:
         peeked = await receiver.peek(10)
     assert [m.message_id for m in peeked] == [str(task.task_id)]
+
+
+async def test_a_missing_queue_fails_at_once_and_is_not_retried() -> None:
+    # Azure never creates queues on first use; neither does this emulator.
+    with ServiceBusEmulator(queues=[QueueSettings("present")], auto_create_queues=False) as strict:
+        broker = AzureServiceBus.from_connection_string(strict.connection_string, "absent")
+        app = app_for(broker)
+        started = time.monotonic()
+        try:
+            with pytest.raises(PublishError, match=r"after 1 attempt\(s\)") as caught:
+                await app.apply_async(noop, 1, publish_attempts=3)
+        finally:
+            await broker.close()
+        assert isinstance(caught.value.__cause__, EntityNotFound)
+        assert "absent" in str(caught.value)
+        assert time.monotonic() - started < 5

@@ -159,13 +159,16 @@ async def test_worker_completes_1x_readiness_messages_silently(
 
     app = Boilermaker({}, service_bus_client=broker)
     app.register_async(work)
-    # What boilermaker 1.x's connection pool left in the queue, sent as 1.x did.
+    # What boilermaker 1.x's connection pool (aio-azure-clients-toolbox) left in the
+    # queue: its readiness check schedules "Connection established" for now.
     async with (
         ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as client,
         client.get_queue_sender(queue) as sender,
     ):
+        await sender.schedule_messages(
+            ServiceBusMessage("Connection established"), datetime.now(UTC)
+        )
         await sender.send_messages(ServiceBusMessage(b"Connection established"))
-        await sender.send_messages(ServiceBusMessage("Connection established"))
     await app.apply_async(work, 7)
     worker = await app.run_until_idle(timeout=15, concurrency=4)
     assert ran == [7]
