@@ -58,6 +58,9 @@ logger = logging.getLogger("boilermaker.service_bus")
 
 #: Longest single wait on an empty link before queued settlements get a turn.
 RECEIVE_SLICE = 0.05
+#: Longest single socket read while pumping the link. The SDK's default (0.2 s)
+#: would stretch every receive slice to 0.2 s and hold queued settlements back.
+SOCKET_TIMEOUT = 0.02
 #: How long the SDK keeps pulling after a first message (its default is 0.2 s).
 FURTHER_PULL = 0.005
 #: Operations the driver pipelines when several are queued together.
@@ -129,6 +132,7 @@ class ServiceBusQueueReceiver:
             sub_queue=ServiceBusSubQueue.DEAD_LETTER
             if self.sub_queue is SubQueue.DeadLetter
             else None,
+            socket_timeout=SOCKET_TIMEOUT,
         )
         if hasattr(self._receiver, "_further_pull_receive_timeout"):
             self._receiver._further_pull_receive_timeout = FURTHER_PULL
