@@ -238,12 +238,18 @@ class Boilermaker:
     async def wait_for_graph(
         self, graph_id: str, timeout: float | None = None, poll_interval: float = 0.2
     ) -> GraphProgress:
-        """Wait until the graph has completed (every node finished or skipped)."""
+        """Wait until the graph has completed (every node finished or skipped).
+
+        Polls the one end-of-graph record until the graph has ended, then every
+        node's record (only the all-failed callback can still be running), so
+        waiting costs one read per poll, not one per node.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            progress = await self.graphs.progress(graph_id)
-            if progress is not None and progress.complete:
-                return progress
+            if await self.graphs.has_ended(graph_id):
+                progress = await self.graphs.progress(graph_id)
+                if progress is not None and progress.complete:
+                    return progress
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultNotReady(f"graph {graph_id} did not complete within {timeout}s")
             await asyncio.sleep(poll_interval)

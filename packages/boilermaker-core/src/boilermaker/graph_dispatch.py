@@ -485,6 +485,11 @@ class GraphRuntime:
 
     # -- inspection and recovery -------------------------------------------------------
 
+    async def has_ended(self, graph_id: str) -> bool:
+        """Whether every sink has settled (one read, whatever the graph's size)."""
+        got = await self.records.get(graph_status_blob(graph_id))
+        return got is not None and got[0].status.finished
+
     async def progress(self, graph_id: str) -> GraphProgress | None:
         """Every node's status; reads one record per node."""
         graph = await self.load(graph_id)
