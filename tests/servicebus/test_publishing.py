@@ -216,3 +216,27 @@ async def test_a_missing_queue_fails_at_once_and_is_not_retried() -> None:
         assert isinstance(caught.value.__cause__, EntityNotFound)
         assert "absent" in str(caught.value)
         assert time.monotonic() - started < 5
+
+
+async def test_closing_the_broker_fails_sends_in_flight_instead_of_leaving_them_waiting(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    queue = new_queue()
+    broker = make_broker(queue)
+    await broker.send([OutgoingMessage(b"{}", "warm-up")])
+    servicebus_emulator.delay_frames(1.0)  # a slow broker: the next send is on the wire
+    try:
+        sends = []
+        for i in range(5):
+            sends.append(asyncio.ensure_future(broker.send([OutgoingMessage(b"{}", f"m-{i}")])))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        await broker.close()
+        done, pending = await asyncio.wait(sends, timeout=5)
+    finally:
+        servicebus_emulator.delay_frames(0)
+    assert not pending, f"{len(pending)} send(s) left waiting after close()"
+    for send in done:
+        assert isinstance(send.exception(), BrokerError)

@@ -189,7 +189,19 @@ class BatchingSender:
                 requests.append(self._queue.get_nowait())
             live = [r for r in requests if not r.future.done()]
             if live:
-                broken = await self._send_requests(pooled, live)
+                try:
+                    broken = await self._send_requests(pooled, live)
+                except BaseException as exc:
+                    # Closing (cancelled) or a failure nobody foresaw: the pool's
+                    # context manager may swallow it, so fail these callers here.
+                    closing = isinstance(exc, asyncio.CancelledError)
+                    self._fail(
+                        live,
+                        BrokerError("sender closed while sending")
+                        if closing
+                        else as_broker_error(exc, f"sending to {self.queue_name}"),
+                    )
+                    raise
                 if broken:
                     await self._pool.expire_conn(
                         cast(connection_pooling.AbstractConnection, pooled)
