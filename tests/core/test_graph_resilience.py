@@ -447,3 +447,21 @@ async def test_publish_graph_refuses_a_different_graph_under_the_same_id() -> No
     other = TaskGraphBuilder(graph_id=graph.graph_id).add(node(app, "x")).build()
     with pytest.raises(ValueError, match="different tasks"):
         await app.publish_graph(other)
+
+
+async def test_node_message_published_before_its_parents_finished_does_not_run_early() -> None:
+    app, steps, broker, _store = new_app()
+    a, b = node(app, "a"), node(app, "b")
+    graph = TaskGraphBuilder().sequence(a, b).build()
+    steps.block["a"] = asyncio.Event()
+    steps.entered["a"] = asyncio.Event()
+    await app.publish_graph(graph)
+    worker = asyncio.create_task(app.run_until_idle(timeout=10))
+    await steps.entered["a"].wait()
+    await app.publish_task(graph.task(b.task_id), unique_msg_id="by-hand")
+    await asyncio.sleep(0.2)
+    assert steps.started["b"] == 0, "b ran before its parent finished"
+    steps.block["a"].set()
+    await worker
+    assert steps.started == Counter(a=1, b=1)
+    await completed(app, graph)

@@ -59,7 +59,7 @@ logger = logging.getLogger("boilermaker.graph")
 
 T = TypeVar("T")
 
-ClaimKind = Literal["run", "finished", "skipped", "duplicate", "missing"]
+ClaimKind = Literal["run", "finished", "skipped", "duplicate", "premature", "missing"]
 
 #: Concurrent store operations when writing or reading a whole graph.
 BULK_CONCURRENCY = 32
@@ -235,6 +235,10 @@ class GraphRuntime:
                 return Claim("finished", record)
             if record.skipped:
                 return Claim("skipped", record)
+            if record.status is TaskStatus.Pending and not await self._may_start(task, record):
+                # Dispatch marks a node Scheduled before publishing it, so this
+                # message did not come from the graph (e.g. published by hand).
+                return Claim("premature", record)
             if record.status is TaskStatus.Started and record.claimed_by not in (
                 None,
                 sequence_number,
@@ -259,6 +263,14 @@ class GraphRuntime:
             while len(self._claimed) > 10_000:
                 self._claimed.popitem(last=False)
             return Claim("run", record, new_etag)
+
+    async def _may_start(self, task: Task, record: NodeRecord) -> bool:
+        """A Pending node may start if it is a root or everything it waits on has settled."""
+        graph = await self.load(str(task.graph_id))
+        if graph is None:
+            return True
+        size = len(graph.waits_on(task.task_id))
+        return task.task_id in graph.root_ids or (size > 0 and record.all_arrived(size))
 
     async def _update_claimed(self, task: Task, mutate: Mutation) -> NodeRecord | None:
         """Apply ``mutate`` to a node this process claimed: one write if nobody else

@@ -135,7 +135,7 @@ class TaskRunner:
                 await self.app.graphs.continue_from(graph, task.task_id, claim.record)
                 await self._settle_if_late(task, "complete", message, label)
                 return
-            if claim.kind in ("skipped", "duplicate"):
+            if claim.kind in ("skipped", "duplicate", "premature"):
                 self.stats.duplicates_skipped += 1
                 logger.info("%s: %s message, not running", label, claim.kind)
                 await self._settle_if_late(task, "complete", message, label)
