@@ -450,7 +450,7 @@ async def test_publish_graph_refuses_a_different_graph_under_the_same_id() -> No
 
 
 async def test_node_message_published_before_its_parents_finished_does_not_run_early() -> None:
-    app, steps, broker, _store = new_app()
+    app, steps, _broker, _store = new_app()
     a, b = node(app, "a"), node(app, "b")
     graph = TaskGraphBuilder().sequence(a, b).build()
     steps.block["a"] = asyncio.Event()
