@@ -7,7 +7,8 @@ missing-entity errors never are, whatever the SDK's own ``retryable`` says.
 
 from __future__ import annotations
 
-from aio_azure_clients_toolbox.connection_pooling import ConnectionsExhausted
+import sys
+
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
@@ -93,11 +94,17 @@ def innermost(exc: BaseException) -> BaseException:
     return exc
 
 
+def _pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` is the toolbox pool's ConnectionsExhausted (without importing it)."""
+    pooling = sys.modules.get("aio_azure_clients_toolbox.connection_pooling")
+    return pooling is not None and isinstance(exc, pooling.ConnectionsExhausted)
+
+
 def as_broker_error(exc: BaseException, action: str) -> BrokerError:
     """Any failure while doing ``action`` as a core broker error (groups unwrapped)."""
     exc = innermost(exc)
     if isinstance(exc, BrokerError):
         return exc
-    if isinstance(exc, ConnectionsExhausted):
+    if _pool_exhausted(exc):
         return BrokerError(f"{action}: no pooled connection became available: {exc}")
     return translate(exc, action)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from aio_azure_clients_toolbox import connection_pooling
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeoutError
 
@@ -73,24 +72,28 @@ class _PooledSender:
                 await self.credential.close()
 
 
-class SenderConnector(connection_pooling.AbstractorConnector):
-    """Creates sender links for the toolbox pool; ready = link attached, nothing sent."""
+class SenderConnector:
+    """Creates sender links for the toolbox pool; ready = link attached, nothing sent.
+
+    The pool calls only ``create`` and ``ready``, so this need not subclass the
+    toolbox's connector class; not importing it keeps ``import
+    boilermaker.service_bus`` from loading every toolbox client (seconds of
+    start-up for workers and the CLI) until something is first published.
+    """
 
     def __init__(self, target: ServiceBusTarget, queue_name: str) -> None:
         self.target = target
         self.queue_name = queue_name
 
-    async def create(self) -> connection_pooling.AbstractConnection:
+    async def create(self) -> _PooledSender:
         # No SDK retries: core retries transient errors per publish_attempts, and
         # a wrong key or size error must fail at once.
         client, credential = self.target.client(retry_total=0)
         sender = client.get_queue_sender(queue_name=self.queue_name)
-        return cast(
-            connection_pooling.AbstractConnection, _PooledSender(client, credential, sender)
-        )
+        return _PooledSender(client, credential, sender)
 
-    async def ready(self, connection: connection_pooling.AbstractConnection) -> bool:
-        pooled = cast(_PooledSender, connection)
+    async def ready(self, connection: _PooledSender) -> bool:
+        pooled = connection
         try:
             await pooled.sender.__aenter__()
         except SDK_ERRORS as exc:
@@ -118,13 +121,21 @@ class BatchingSender:
         self.queue_name = queue_name
         self.max_batch_size = max_batch_size
         self._connector = SenderConnector(target, queue_name)
-        self._pool = connection_pooling.ConnectionPool(
-            self._connector, client_limit=1, max_size=pool_size, max_idle_seconds=200
-        )
+        self._pool_size = pool_size
+        self._pool: Any = None  # aio_azure_clients_toolbox ConnectionPool, made on first send
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._driver: asyncio.Task[None] | None = None
         self.transfers = 0
         self.schedule_calls = 0
+
+    def _connection_pool(self) -> Any:
+        if self._pool is None:
+            from aio_azure_clients_toolbox import connection_pooling
+
+            self._pool = connection_pooling.ConnectionPool(
+                self._connector, client_limit=1, max_size=self._pool_size, max_idle_seconds=200
+            )
+        return self._pool
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
         """Send (or schedule) messages; sequence numbers for scheduled ones."""
@@ -159,12 +170,13 @@ class BatchingSender:
             request = self._queue.get_nowait()
             if not request.future.done():
                 request.future.set_exception(BrokerError("sender closed before sending"))
-        await self._pool.closeall()
+        if self._pool is not None:
+            await self._pool.closeall()
 
     def _connection(self) -> AbstractAsyncContextManager[_PooledSender]:
         return cast(
             AbstractAsyncContextManager[_PooledSender],
-            self._pool.get(timeout=30, acquire_timeout=SEND_TIMEOUT),
+            self._connection_pool().get(timeout=30, acquire_timeout=SEND_TIMEOUT),
         )
 
     async def _drive(self) -> None:
@@ -203,9 +215,7 @@ class BatchingSender:
                     )
                     raise
                 if broken:
-                    await self._pool.expire_conn(
-                        cast(connection_pooling.AbstractConnection, pooled)
-                    )
+                    await self._connection_pool().expire_conn(pooled)
                     return
             try:
                 async with asyncio.timeout(LINGER):
