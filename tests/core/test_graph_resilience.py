@@ -21,6 +21,7 @@ from boilermaker import Boilermaker, PublishError, RetryException, RetryPolicy, 
 from boilermaker.broker import BrokerError, OutgoingMessage
 from boilermaker.graph_dispatch import GraphProgress
 from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
+from boilermaker.publishing import FOLLOW_UP_ATTEMPTS
 from boilermaker.results_store import PreconditionFailed, ResultsStoreError, StoredBlob
 from boilermaker.task import TaskGraphBuilder, TaskStatus
 
@@ -302,17 +303,20 @@ async def test_crash_before_publishing_a_retry_lets_the_redelivery_run_the_node(
     graph = TaskGraphBuilder().sequence(a, b, c).build()
     fired: list[str] = []
 
-    def fail_retry_once(messages: Sequence[OutgoingMessage]) -> bool:
-        if not fired and any(m.message_id == f"{b.task_id}:2" for m in messages):
+    def fail_every_retry_attempt_once(messages: Sequence[OutgoingMessage]) -> bool:
+        # Every attempt of the first publish of the retry fails: the worker gives up.
+        if len(fired) < FOLLOW_UP_ATTEMPTS and any(
+            m.message_id == f"{b.task_id}:2" for m in messages
+        ):
             fired.append("retry")
             return True
         return False
 
-    broker.fail_send = fail_retry_once
+    broker.fail_send = fail_every_retry_attempt_once
     await app.publish_graph(graph)
     worker = await app.run_until_idle(timeout=10)
 
-    assert fired == ["retry"]
+    assert fired == ["retry"] * FOLLOW_UP_ATTEMPTS
     assert worker.stats.abandoned == 1
     assert steps.started == Counter(a=1, b=2, c=1)
     assert steps.finished == Counter(a=1, b=1, c=1)

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
 from boilermaker.ids import GraphId, TaskId
-from boilermaker.publishing import Publication, Publisher, batches_by_size
+from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication, Publisher, batches_by_size
 from boilermaker.results import (
     FAILED,
     NOT_YET,
@@ -217,7 +217,9 @@ class GraphRuntime:
 
     async def dispatch(self, graph: TaskGraph, task_id: TaskId) -> None:
         """Publish a ready node (message id = task id), then mark it Scheduled."""
-        await self.publisher.publish([Publication(graph.task(task_id), message_id=str(task_id))])
+        await self.publisher.publish(
+            [Publication(graph.task(task_id), message_id=str(task_id))], FOLLOW_UP_ATTEMPTS
+        )
         await self._mark_scheduled(graph, task_id)
 
     # -- running a node ----------------------------------------------------------------
@@ -436,7 +438,9 @@ class GraphRuntime:
             )
 
     async def _publish_node(self, graph: TaskGraph, task_id: TaskId) -> None:
-        await self.publisher.publish([Publication(graph.task(task_id), message_id=str(task_id))])
+        await self.publisher.publish(
+            [Publication(graph.task(task_id), message_id=str(task_id))], FOLLOW_UP_ATTEMPTS
+        )
 
     async def _settle_as_skipped(self, graph: TaskGraph, task_id: TaskId) -> None:
         def skip(rec: NodeRecord) -> NodeRecord | None:
@@ -591,7 +595,7 @@ class GraphRuntime:
             return
         task = graph.task(task_id).model_copy(deep=True)
         task.attempts.attempts = record.attempt
-        await self.publisher.publish([Publication(task, message_id=message_id)])
+        await self.publisher.publish([Publication(task, message_id=message_id)], FOLLOW_UP_ATTEMPTS)
         logger.warning(
             "Recovered graph %s task %s as message %s", graph.graph_id, task_id, message_id
         )

@@ -23,6 +23,11 @@ from boilermaker.tracing import Span, Tracing
 
 logger = logging.getLogger("boilermaker.app")
 
+#: Attempts for messages the system publishes on its own behalf (chain callbacks,
+#: retries, graph dispatch): a dropped pooled connection must not turn into a
+#: re-run of the task that published them.
+FOLLOW_UP_ATTEMPTS = 3
+
 #: Seconds to wait before publish attempt 2, 3, ... (transient errors only).
 PUBLISH_BACKOFF = (0.1, 0.3, 1.0, 2.0)
 

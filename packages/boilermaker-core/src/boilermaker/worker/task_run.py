@@ -21,7 +21,7 @@ from opentelemetry.trace import Span
 from boilermaker.broker import BrokerError, MessageLockLost, ReceivedMessage, Receiver
 from boilermaker.envelope import decode_task
 from boilermaker.exceptions import InvalidTaskFormat
-from boilermaker.publishing import Publication
+from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication
 from boilermaker.results import NodeRecord, Records, result_value, standalone_blob
 from boilermaker.retries import RetryException
 from boilermaker.task.status import TaskFailureResult, TaskStatus
@@ -215,7 +215,7 @@ class TaskRunner:
         else:
             await self._store_standalone(task, outcome)
             if task.on_success is not None:
-                await self.app.publisher.publish([Publication(task.on_success)])
+                await self.app.publisher.publish([Publication(task.on_success)], FOLLOW_UP_ATTEMPTS)
         await self._settle_if_late(task, "complete", message, label)
 
     async def _retry(
@@ -259,7 +259,9 @@ class TaskRunner:
             await self.app.graphs.mark_retry(task, retry_id, retry_at)
         elif self.app.results_storage is not None:
             await self._store_standalone(task, Outcome(TaskStatus.Retry))
-        await self.app.publisher.publish([Publication(retry_task, float(delay), retry_id)])
+        await self.app.publisher.publish(
+            [Publication(retry_task, float(delay), retry_id)], FOLLOW_UP_ATTEMPTS
+        )
         self.stats.retried += 1
         await self._settle_if_late(task, "complete", message, label)
 
@@ -292,7 +294,7 @@ class TaskRunner:
         else:
             await self._store_standalone(task, outcome)
             if task.on_failure is not None:
-                await self.app.publisher.publish([Publication(task.on_failure)])
+                await self.app.publisher.publish([Publication(task.on_failure)], FOLLOW_UP_ATTEMPTS)
         if not task.acks_late:
             return
         if task.should_dead_letter:
