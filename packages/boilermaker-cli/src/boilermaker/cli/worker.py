@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from boilermaker.app import Boilermaker
-from boilermaker.cli.connection import ServiceBusOptions, run, service_bus_options
+from boilermaker.cli.connection import (
+    CONNECTION_STRING_ENV,
+    NAMESPACE_URL_ENV,
+    QUEUE_ENV,
+    ServiceBusOptions,
+    run,
+    service_bus_options,
+)
+from boilermaker.cli.processes import child_environment, run_worker_processes
 from boilermaker.cli.times import DURATION
 from boilermaker.log_format import JsonFormatter, configure_json_logging
 
@@ -111,6 +119,13 @@ def configure_logging(level_name: str, json_logs: bool) -> None:
     type=DURATION,
     help="How long a running task's message lock is kept alive (seconds, or 10m, 1h).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (for CPU-bound tasks); each has the concurrency given.",
+)
 @click.option("--json-logs", is_flag=True, help="Log JSON lines (one object per line).")
 @click.option(
     "--log-level",
@@ -127,6 +142,7 @@ def worker(
     prefetch: int | None,
     shutdown_grace: float | None,
     max_lock_renewal: float | None,
+    processes: int,
     json_logs: bool,
     log_level: str,
     bus: ServiceBusOptions,
@@ -137,6 +153,28 @@ def worker(
     the shutdown grace; a second signal stops at once. Unfinished messages
     are abandoned back to the queue.
     """
+    if processes > 1:
+        args = [app_spec, "--log-level", log_level]
+        for flag, value in (
+            ("--app-dir", app_dir),
+            ("--concurrency", concurrency),
+            ("--prefetch", prefetch),
+            ("--shutdown-grace", shutdown_grace),
+            ("--max-lock-renewal", max_lock_renewal),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        if json_logs:
+            args.append("--json-logs")
+        configure_logging(log_level, json_logs)
+        env = child_environment(
+            {
+                CONNECTION_STRING_ENV: bus.connection_string,
+                NAMESPACE_URL_ENV: bus.namespace_url,
+                QUEUE_ENV: bus.queue,
+            }
+        )
+        raise SystemExit(run_worker_processes(processes, args, env))
     app = load_app(app_spec, app_dir)
     if app.service_bus_client is None:
         app.service_bus_client = bus.broker()
