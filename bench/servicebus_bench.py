@@ -199,7 +199,11 @@ async def raw_ceiling(emu: ServiceBusEmulator, queue: str, n: int, prefetch: int
         client.get_queue_receiver(queue, prefetch_count=prefetch) as receiver,
     ):
         while done < n:
-            got = await receiver.receive_messages(max_message_count=prefetch, max_wait_time=5)
+            # Never more than is left: a last call asking for a full prefetch
+            # would wait out max_wait_time for messages that do not exist.
+            got = await receiver.receive_messages(
+                max_message_count=min(prefetch, n - done), max_wait_time=5
+            )
             if not got:
                 raise RuntimeError(f"raw receiver: only {done} of {n} messages arrived")
             if done == 0:
