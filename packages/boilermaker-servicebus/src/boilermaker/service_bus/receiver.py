@@ -422,7 +422,12 @@ class ServiceBusQueueReceiver:
         if buffered:
             count, wait = min(op.max_messages, buffered), 0.001
         else:
-            count = op.max_messages
+            # With prefetch the link already has credit: wait for one message
+            # only. Asking for more makes the SDK, once the first arrives, pump
+            # for a further socket timeout in case others follow, which delays
+            # every hop of a chain by that much; what follows lands in the
+            # buffer and is taken by the next call at once.
+            count = 1 if self.prefetch else op.max_messages
             wait = max(0.001, min(RECEIVE_SLICE, remaining))
         got = await self._receiver.receive_messages(max_message_count=count, max_wait_time=wait)
         self.counters.receives += 1
