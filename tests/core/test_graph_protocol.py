@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from boilermaker import Boilermaker, RetryException, RetryPolicy, Task, TaskGraph
-from boilermaker.graph_dispatch import GraphProgress
+from boilermaker.graph_recovery import GraphProgress
 from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
 from boilermaker.task import TaskChain, TaskGraphBuilder, TaskStatus
 from boilermaker.worker import PROCESSING_ERROR, TASK_FAILED

@@ -19,7 +19,7 @@ import pytest
 
 from boilermaker import Boilermaker, PublishError, RetryException, RetryPolicy, Task, TaskGraph
 from boilermaker.broker import BrokerError, OutgoingMessage
-from boilermaker.graph_dispatch import GraphProgress
+from boilermaker.graph_recovery import GraphProgress
 from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
 from boilermaker.publishing import FOLLOW_UP_ATTEMPTS
 from boilermaker.results_store import PreconditionFailed, ResultsStoreError, StoredBlob

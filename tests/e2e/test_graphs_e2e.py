@@ -31,7 +31,7 @@ from boilermaker import Boilermaker, RetryPolicy, Task
 from boilermaker.emulator.config import QueueSettings
 from boilermaker.emulator.server import ServiceBusEmulator
 from boilermaker.emulator.store import QueueCounts
-from boilermaker.graph_dispatch import GraphProgress
+from boilermaker.graph_recovery import GraphProgress
 from boilermaker.results import Records, graph_status_blob, node_blob
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.storage import BlobClientStorage

@@ -15,7 +15,8 @@ from boilermaker.exceptions import (
     ResultNotReady,
     ResultsStoreRequired,
 )
-from boilermaker.graph_dispatch import GraphProgress, GraphRuntime
+from boilermaker.graph_dispatch import GraphRuntime
+from boilermaker.graph_recovery import GraphProgress, has_ended, read_progress, recover
 from boilermaker.ids import TaskId
 from boilermaker.log_format import configure_from_environment
 from boilermaker.publishing import Publication, Publisher
@@ -233,7 +234,7 @@ class Boilermaker:
 
     async def graph_progress(self, graph_id: str) -> GraphProgress | None:
         """Every node's status in a published graph, or None if unknown."""
-        return await self.graphs.progress(graph_id)
+        return await read_progress(self.graphs, graph_id)
 
     async def wait_for_graph(
         self, graph_id: str, timeout: float | None = None, poll_interval: float = 0.2
@@ -246,8 +247,8 @@ class Boilermaker:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if await self.graphs.has_ended(graph_id):
-                progress = await self.graphs.progress(graph_id)
+            if await has_ended(self.graphs, graph_id):
+                progress = await read_progress(self.graphs, graph_id)
                 if progress is not None and progress.complete:
                     return progress
             if deadline is not None and time.monotonic() >= deadline:
@@ -257,8 +258,8 @@ class Boilermaker:
     async def recover_graph(
         self, graph_id: str, stalled_after: timedelta = timedelta(hours=1)
     ) -> list[TaskId]:
-        """Re-dispatch stalled nodes of a graph; see :meth:`GraphRuntime.recover`."""
-        return await self.graphs.recover(graph_id, stalled_after)
+        """Re-dispatch stalled nodes of a graph; see :func:`boilermaker.graph_recovery.recover`."""
+        return await recover(self.graphs, graph_id, stalled_after)
 
     async def get_result(
         self,

@@ -33,10 +33,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Literal, TypeVar
 
-from boilermaker.ids import GraphId, TaskId
+from boilermaker.ids import TaskId
 from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication, Publisher, batches_by_size
 from boilermaker.results import (
     FAILED,
@@ -74,25 +74,7 @@ class Claim:
     etag: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GraphProgress:
-    """A snapshot of every node's status (costs one read per node)."""
-
-    graph_id: GraphId
-    statuses: dict[TaskId, TaskStatus]
-    skipped: frozenset[TaskId]
-    ended: bool
-    failed: bool
-
-    @property
-    def complete(self) -> bool:
-        """Every node finished or skipped, the all-failed callback included."""
-        return self.ended and all(
-            status.finished or task_id in self.skipped for task_id, status in self.statuses.items()
-        )
-
-
-async def _bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCURRENCY) -> list[T]:
+async def bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCURRENCY) -> list[T]:
     semaphore = asyncio.Semaphore(limit)
 
     async def run(coro: Awaitable[T]) -> T:
@@ -103,7 +85,8 @@ async def _bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCU
 
 
 class GraphRuntime:
-    """Graph publication, claiming, continuation and recovery over a ResultsStore."""
+    """Graph publication, claiming and continuation over a ResultsStore (reading and
+    recovery: :mod:`boilermaker.graph_recovery`)."""
 
     def __init__(
         self,
@@ -169,7 +152,7 @@ class GraphRuntime:
                     f"graph {graph.graph_id} was already published with different tasks"
                 ) from None
         self._remember(graph)
-        await _bounded_gather(
+        await bounded_gather(
             [
                 self.records.create(
                     node_blob(graph.graph_id, task_id),
@@ -195,7 +178,7 @@ class GraphRuntime:
         # later batch fails, calling again publishes only what was not sent.
         for batch in self._root_batches(graph, pending_roots):
             await self.publisher.publish(batch, attempts)
-            await _bounded_gather([self._mark_scheduled(graph, p.task.task_id) for p in batch])
+            await bounded_gather([self._mark_scheduled(graph, p.task.task_id) for p in batch])
         return graph
 
     def _root_batches(self, graph: TaskGraph, roots: list[TaskId]) -> list[list[Publication]]:
@@ -400,9 +383,9 @@ class GraphRuntime:
         elif seen["decided"] == "skip":
             await self.continue_from(graph, child, record)
         elif seen["already"] and record.all_arrived(size):
-            await self._repeat_decision(graph, child, record, size)
+            await self.repeat_decision(graph, child, record, size)
 
-    async def _repeat_decision(
+    async def repeat_decision(
         self, graph: TaskGraph, child: TaskId, record: NodeRecord, size: int
     ) -> None:
         """A continuation run again (redelivery, recovery): redo what the deciding
@@ -472,9 +455,9 @@ class GraphRuntime:
 
         record = await self.records.update_together(graph_status_blob(graph.graph_id), arrive)
         if record is not None and record.status.finished:
-            await self._settle_all_failed_callback(graph, record.failure_seen)
+            await self.settle_all_failed_callback(graph, record.failure_seen)
 
-    async def _settle_all_failed_callback(self, graph: TaskGraph, failed: bool) -> None:
+    async def settle_all_failed_callback(self, graph: TaskGraph, failed: bool) -> None:
         """After the graph ended: dispatch the all-failed callback if anything failed,
         else mark it skipped. Safe to repeat."""
         callback = graph.all_failed_callback
@@ -498,104 +481,3 @@ class GraphRuntime:
             return
         if decided["dispatch"] or (failed and record.status is TaskStatus.Scheduled):
             await self._publish_node(graph, callback)
-
-    # -- inspection and recovery -------------------------------------------------------
-
-    async def has_ended(self, graph_id: str) -> bool:
-        """Whether every sink has settled (one read, whatever the graph's size)."""
-        got = await self.records.get(graph_status_blob(graph_id))
-        return got is not None and got[0].status.finished
-
-    async def progress(self, graph_id: str) -> GraphProgress | None:
-        """Every node's status; reads one record per node."""
-        graph = await self.load(graph_id)
-        if graph is None:
-            return None
-        ids = list(graph.tasks)
-        got = await _bounded_gather([self.records.get(node_blob(graph_id, t)) for t in ids])
-        end = await self.records.get(graph_status_blob(graph_id))
-        statuses: dict[TaskId, TaskStatus] = {}
-        skipped: set[TaskId] = set()
-        for task_id, item in zip(ids, got, strict=True):
-            if item is None:
-                statuses[task_id] = TaskStatus.Pending
-                continue
-            statuses[task_id] = item[0].status
-            if item[0].skipped:
-                skipped.add(task_id)
-        ended = end is not None and end[0].status.finished
-        failed = end is not None and end[0].failure_seen
-        return GraphProgress(graph.graph_id, statuses, frozenset(skipped), ended, failed)
-
-    async def recover(self, graph_id: str, stalled_after: timedelta) -> list[TaskId]:
-        """Re-dispatch nodes that stalled; returns the ids acted on.
-
-        Stalled: Scheduled, Started or Retry (past its retry time) for longer
-        than ``stalled_after``; Pending nodes whose dependencies have all
-        settled, or roots never published. Re-dispatched messages get a fresh
-        message id so duplicate detection does not drop them; the claim
-        resolves any duplicate delivery.
-        """
-        graph = await self.load(graph_id)
-        if graph is None:
-            raise LookupError(f"graph {graph_id} not found")
-        now = datetime.now(UTC)
-        acted: list[TaskId] = []
-        for task_id in graph.tasks:
-            name = node_blob(graph_id, task_id)
-            got = await self.records.get(name)
-            if got is None:
-                continue
-            record, _ = got
-            if record.skipped or record.status.finished:
-                continue
-            if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):
-                since = record.updated_at
-                if record.status is TaskStatus.Retry and record.retry_at:
-                    since = max(since, record.retry_at)
-                if now - since < stalled_after:
-                    continue
-                await self._redispatch(graph, task_id)
-                acted.append(task_id)
-                continue
-            size = len(graph.waits_on(task_id))
-            if task_id in graph.root_ids:
-                await self.dispatch(graph, task_id)
-                acted.append(task_id)
-            elif size and record.all_arrived(size):
-                # Re-run the decision the last arrival should have made.
-                await self._repeat_decision(graph, task_id, record, size)
-                acted.append(task_id)
-        end = await self.records.get(graph_status_blob(graph_id))
-        callback = graph.all_failed_callback
-        if callback is not None and end is not None and end[0].status.finished:
-            got = await self.records.get(node_blob(graph_id, callback))
-            pending = got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped
-            if pending:
-                await self._settle_all_failed_callback(graph, end[0].failure_seen)
-                if end[0].failure_seen:
-                    acted.append(callback)
-        return acted
-
-    async def _redispatch(self, graph: TaskGraph, task_id: TaskId) -> None:
-        name = node_blob(graph.graph_id, task_id)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        message_id = f"{task_id}:recover:{stamp}"
-
-        def reset(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status.finished or rec.skipped:
-                return None
-            rec.status = TaskStatus.Scheduled
-            rec.claimed_by = None
-            rec.expected_message_id = None
-            return rec
-
-        record = await self.records.update(name, reset)
-        if record is None or record.status is not TaskStatus.Scheduled:
-            return
-        task = graph.task(task_id).model_copy(deep=True)
-        task.attempts.attempts = record.attempt
-        await self.publisher.publish([Publication(task, message_id=message_id)], FOLLOW_UP_ATTEMPTS)
-        logger.warning(
-            "Recovered graph %s task %s as message %s", graph.graph_id, task_id, message_id
-        )
