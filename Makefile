@@ -1,11 +1,12 @@
 # Boilermaker workspace: one place to install, test, lint, benchmark and demo.
-UV ?= uv
+# uv on PATH, else the copy pip installs (`python3 -m uv` works even before a shell rehash).
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
 .PHONY: install test lint format typecheck bench demo clean
 
 install:
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 	@if [ -f package-lock.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then npm ci --no-audit --no-fund; fi
 

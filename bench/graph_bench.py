@@ -46,6 +46,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -56,15 +58,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.azurite import ACCOUNT_KEY, Azurite
-
 from boilermaker import Boilermaker
 from boilermaker.emulator.config import QueueSettings
 from boilermaker.emulator.server import ServiceBusEmulator
 from boilermaker.results import Records, node_blob
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.storage import BlobClientStorage
+from boilermaker.storage.azurite import ACCOUNT_KEY, Azurite
 from boilermaker.task import TaskGraph, TaskGraphBuilder, TaskStatus
+
+#: The uv binary: the one running us (``uv run`` sets UV), else the one on PATH.
+UV = os.environ.get("UV") or shutil.which("uv") or "uv"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED_VERSION = "1.4.1"
@@ -406,12 +410,12 @@ def ensure_published_venv() -> Path:
     if not marker.exists():
         print(f"installing boilermaker-servicebus=={PUBLISHED_VERSION} into {PUBLISHED_VENV}")
         subprocess.run(
-            ["uv", "venv", "--quiet", "--python", sys.executable, str(PUBLISHED_VENV)],
+            [UV, "venv", "--quiet", "--python", sys.executable, str(PUBLISHED_VENV)],
             check=True,
         )
         subprocess.run(
             [
-                "uv",
+                UV,
                 "pip",
                 "install",
                 "--quiet",

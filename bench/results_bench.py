@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tests.azurite import Azurite
-
 from boilermaker import Boilermaker
 from boilermaker.memory import InMemoryBroker
 from boilermaker.storage import BlobClientStorage
+from boilermaker.storage.azurite import Azurite
 from boilermaker.task import TaskGraph, TaskGraphBuilder
 
 Shape = Literal["fan", "chain"]

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ from bench.common import (
 from boilermaker import Boilermaker
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
+
+#: The uv binary: the one running us (``uv run`` sets UV), else the one on PATH.
+UV = os.environ.get("UV") or shutil.which("uv") or "uv"
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
@@ -507,12 +511,12 @@ def ensure_v141() -> Path:
     if not marker.exists():
         print(f"  installing {V141_SPEC} into {V141_VENV} ...", file=sys.stderr, flush=True)
         subprocess.run(
-            ["uv", "venv", "-q", "--clear", "--python", "3.11", str(V141_VENV)], check=True
+            [UV, "venv", "-q", "--clear", "--python", "3.11", str(V141_VENV)], check=True
         )
         env = {**os.environ, "VIRTUAL_ENV": str(V141_VENV)}
         env.pop("UV_PROJECT_ENVIRONMENT", None)
         subprocess.run(
-            ["uv", "pip", "install", "-q", "--python", str(python), V141_SPEC, "psutil"],
+            [UV, "pip", "install", "-q", "--python", str(python), V141_SPEC, "psutil"],
             check=True,
             env=env,
         )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.azurite import Azurite
+from boilermaker.storage.azurite import Azurite
 
 if TYPE_CHECKING:
     from boilermaker.storage import BlobClientStorage

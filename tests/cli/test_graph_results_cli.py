@@ -25,7 +25,7 @@ from tests.conftest import unique_container_name
 
 if TYPE_CHECKING:
     from boilermaker.emulator import ServiceBusEmulator
-    from tests.azurite import Azurite
+    from boilermaker.storage.azurite import Azurite
 
 
 async def step(state: Shop, name: str) -> str:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.azurite import Azurite
 from tests.conftest import unique_container_name
 from tests.e2e.graph_worker import RunLog, build_app, step
 
@@ -35,6 +34,7 @@ from boilermaker.graph_recovery import GraphProgress
 from boilermaker.results import Records, graph_status_blob, node_blob
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.storage import BlobClientStorage
+from boilermaker.storage.azurite import Azurite
 from boilermaker.task import TaskChain, TaskGraph, TaskGraphBuilder, TaskStatus
 from boilermaker.worker import Worker
 

@@ -72,6 +72,11 @@ ALL_SCRIPT = textwrap.dedent(
 )
 
 
+def _uv() -> str | None:
+    """The uv binary: the one running us (``uv run`` sets UV), else the one on PATH."""
+    return os.environ.get("UV") or shutil.which("uv")
+
+
 def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     return subprocess.run(args, check=True, capture_output=True, text=True, env=env, **kwargs)  # type: ignore[call-overload]
@@ -79,7 +84,7 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    uv = shutil.which("uv")
+    uv = _uv()
     if uv is None:
         pytest.fail("uv is required to build wheels")
     out = tmp_path_factory.mktemp("wheels")
@@ -93,7 +98,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _venv(path: Path) -> Path:
-    uv = shutil.which("uv")
+    uv = _uv()
     assert uv is not None
     _run([uv, "venv", "--python", sys.executable, str(path)])
     return path / "bin" / "python"
@@ -101,13 +106,13 @@ def _venv(path: Path) -> Path:
 
 def _install(python: Path, pins: Path, *wheels: Path) -> None:
     """Install wheels with third-party versions pinned to the workspace lock file."""
-    uv = shutil.which("uv")
+    uv = _uv()
     assert uv is not None
     _run([uv, "pip", "install", "--python", str(python), "-r", str(pins), *map(str, wheels)])
 
 
 def _pins(tmp_path: Path, *packages: str) -> Path:
-    uv = shutil.which("uv")
+    uv = _uv()
     assert uv is not None
     args = [uv, "export", "--frozen", "--no-hashes", "--no-emit-workspace", "--no-dev", "-q"]
     for package in packages:

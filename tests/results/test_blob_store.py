@@ -17,10 +17,10 @@ from boilermaker.storage import (
     StorageAccessDenied,
     StorageUnreachable,
 )
+from boilermaker.storage.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
 from boilermaker.storage.client_options import client_options
 from boilermaker.storage.credentials import include_managed_identity
 from boilermaker.storage.tags import tag_filter
-from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
 from tests.conftest import unique_container_name
 from tests.results.counting_proxy import CountingProxy
 
