@@ -7,33 +7,19 @@ queues with per-test settings and an async SDK client.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 
-from boilermaker.emulator import QueueNotFound, QueueSettings, ServiceBusEmulator
+from boilermaker.emulator import ServiceBusEmulator
 
 
 @pytest.fixture
-def new_queue(servicebus_emulator: ServiceBusEmulator) -> Iterator[Callable[..., str]]:
-    """Create queues with the given settings on the session emulator; delete them afterwards."""
-    created: list[str] = []
-
-    def make(**settings: Any) -> str:
-        name = f"t-{uuid.uuid4().hex[:12]}"
-        servicebus_emulator.create_queue(QueueSettings(name=name, **settings))
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        try:
-            servicebus_emulator.delete_queue(name)
-        except QueueNotFound:
-            pass
+def new_queue(servicebus_queue_factory: Callable[..., str]) -> Callable[..., str]:
+    """Make queues with the given settings on the session emulator; deleted afterwards."""
+    return servicebus_queue_factory
 
 
 class _PromptCloseClient(ServiceBusClient):

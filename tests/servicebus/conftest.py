@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import gc
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from boilermaker.emulator import QueueNotFound, QueueSettings, ServiceBusEmulator
+from boilermaker.emulator import ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
 
 LIVE_CONNECTION_ENV = "BOILERMAKER_LIVE_SERVICE_BUS"
@@ -70,22 +69,9 @@ def live_queue_name() -> str:
 
 
 @pytest.fixture
-def new_queue(servicebus_emulator: ServiceBusEmulator) -> Iterator[Callable[..., str]]:
+def new_queue(servicebus_queue_factory: Callable[..., str]) -> Callable[..., str]:
     """Make queues with the given settings on the session emulator; deleted afterwards."""
-    created: list[str] = []
-
-    def make(**settings: Any) -> str:
-        name = f"sb-{uuid.uuid4().hex[:12]}"
-        servicebus_emulator.create_queue(QueueSettings(name=name, **settings))
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        try:
-            servicebus_emulator.delete_queue(name)
-        except QueueNotFound:
-            pass
+    return servicebus_queue_factory
 
 
 @pytest.fixture

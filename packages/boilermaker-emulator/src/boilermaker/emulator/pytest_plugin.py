@@ -7,7 +7,9 @@ Registered through the ``pytest11`` entry point, so installing
   :class:`~boilermaker.emulator.ServiceBusEmulator` on 127.0.0.1 with a free
   port and queues created on first use;
 - ``servicebus_queue`` (function scope): the name of a fresh, empty queue on
-  it, deleted after the test.
+  it, deleted after the test;
+- ``servicebus_queue_factory`` (function scope): makes queues with chosen
+  settings (lock duration, max delivery count, duplicate detection...).
 
 Nothing is started unless a test asks for a fixture.
 """
@@ -15,8 +17,8 @@ Nothing is started unless a test asks for a fixture.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -38,15 +40,32 @@ def servicebus_emulator() -> Iterator[ServiceBusEmulator]:
 
 
 @pytest.fixture
-def servicebus_queue(servicebus_emulator: ServiceBusEmulator) -> Iterator[str]:
-    """Name of a new queue (default settings) on the session emulator; deleted afterwards."""
+def servicebus_queue_factory(
+    servicebus_emulator: ServiceBusEmulator,
+) -> Iterator[Callable[..., str]]:
+    """Make fresh queues on the session emulator: ``make(lock_duration=1.0, ...)`` takes
+    :class:`~boilermaker.emulator.QueueSettings` fields and returns the new queue's
+    name. Every queue made is deleted after the test."""
     from .config import QueueSettings
     from .store import QueueNotFound
 
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    servicebus_emulator.create_queue(QueueSettings(name=name))
-    yield name
-    try:
-        servicebus_emulator.delete_queue(name)
-    except QueueNotFound:
-        pass
+    created: list[str] = []
+
+    def make(**settings: Any) -> str:
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        servicebus_emulator.create_queue(QueueSettings(name=name, **settings))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            servicebus_emulator.delete_queue(name)
+        except QueueNotFound:
+            pass
+
+
+@pytest.fixture
+def servicebus_queue(servicebus_queue_factory: Callable[..., str]) -> str:
+    """Name of a new queue (default settings) on the session emulator; deleted afterwards."""
+    return servicebus_queue_factory()
