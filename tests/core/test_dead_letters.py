@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ from boilermaker.broker import (
     BrokerError,
     OutgoingMessage,
     ReceivedMessage,
-    ReceiveMode,
     SubQueue,
 )
 from boilermaker.dead_letters import (
@@ -30,7 +28,7 @@ from boilermaker.dead_letters import (
 )
 from boilermaker.envelope import decode_task
 from boilermaker.ids import GraphId
-from boilermaker.memory import InMemoryBroker, InMemoryReceiver, InMemoryResultsStore
+from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
 from boilermaker.results import node_blob
 from boilermaker.task import TaskGraphBuilder, TaskStatus
 from boilermaker.worker import (
@@ -39,6 +37,7 @@ from boilermaker.worker import (
     PROCESSING_ERROR,
     TASK_FAILED,
 )
+from tests.core.flaky_broker import FlakyBroker
 
 WAIT = 0.05
 
@@ -363,44 +362,11 @@ async def test_non_matching_messages_received_in_a_pass_are_abandoned_at_its_end
         assert len(await receiver.receive(10, WAIT)) == 4
 
 
-class SendFails:
-    """An in-memory broker whose sends fail (a broker outage), for the never-lose rule."""
-
-    def __init__(self, inner: InMemoryBroker) -> None:
-        self.inner = inner
-        self.fail = True
-
-    @property
-    def max_message_size(self) -> int:
-        return self.inner.max_message_size
-
-    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
-        if self.fail:
-            raise BrokerError("namespace unreachable")
-        return await self.inner.send(messages)
-
-    async def cancel_scheduled(self, sequence_numbers: Sequence[int]) -> None:
-        await self.inner.cancel_scheduled(sequence_numbers)
-
-    def receiver(
-        self,
-        *,
-        prefetch: int = 0,
-        sub_queue: SubQueue = SubQueue.Main,
-        receive_mode: ReceiveMode = ReceiveMode.PeekLock,
-    ) -> InMemoryReceiver:
-        return self.inner.receiver(
-            prefetch=prefetch, sub_queue=sub_queue, receive_mode=receive_mode
-        )
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 async def test_a_failed_send_abandons_the_message_back_into_the_dead_letter_queue() -> None:
     app, state, broker = new_app()
     await dead_letter_everything(app, state, broker)
-    failing = SendFails(broker)
+    failing = FlakyBroker(broker)
+    failing.always = BrokerError("namespace unreachable")
 
     report = await DeadLetterQueue(failing, receive_wait=WAIT).replay(
         DeadLetterFilter(reason=TASK_FAILED)
@@ -413,7 +379,7 @@ async def test_a_failed_send_abandons_the_message_back_into_the_dead_letter_queu
     assert broker.counts().locked == 0
     assert await peek_main(broker) == []
 
-    failing.fail = False
+    failing.always = None
     retried = await DeadLetterQueue(failing, receive_wait=WAIT).replay(
         DeadLetterFilter(reason=TASK_FAILED)
     )
@@ -572,7 +538,8 @@ async def test_graph_task_replay_resets_the_node_so_it_runs_again() -> None:
 
 async def test_a_failed_send_after_a_graph_node_reset_leaves_it_recoverable() -> None:
     app, state, broker, graph, tasks = await failed_graph()
-    failing = SendFails(broker)
+    failing = FlakyBroker(broker)
+    failing.always = BrokerError("namespace unreachable")
 
     report = await DeadLetterQueue(failing, graphs=app.graphs, receive_wait=WAIT).replay()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,9 +13,6 @@ from boilermaker import Boilermaker, publishing
 from boilermaker.broker import (
     BrokerAuthenticationError,
     BrokerError,
-    OutgoingMessage,
-    ReceiveMode,
-    SubQueue,
 )
 from boilermaker.envelope import MESSAGE_OVERHEAD, decode_task
 from boilermaker.exceptions import (
@@ -26,49 +22,10 @@ from boilermaker.exceptions import (
     PublishError,
     ResultsStoreRequired,
 )
-from boilermaker.memory import InMemoryBroker, InMemoryReceiver, InMemoryResultsStore
+from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
 from boilermaker.retries import RetryPolicy
 from boilermaker.task import Task, TaskGraphBuilder, TaskStatus
-
-
-class FlakyBroker:
-    """An in-memory broker whose ``send`` fails as told, recording every call."""
-
-    def __init__(self, inner: InMemoryBroker, failures: Sequence[BaseException] = ()) -> None:
-        self.inner = inner
-        self.failures = list(failures)
-        self.fail_on_call: dict[int, BaseException] = {}
-        self.calls: list[list[OutgoingMessage]] = []
-
-    @property
-    def max_message_size(self) -> int:
-        return self.inner.max_message_size
-
-    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
-        self.calls.append(list(messages))
-        failure = self.fail_on_call.pop(len(self.calls), None)
-        if failure is None and self.failures:
-            failure = self.failures.pop(0)
-        if failure is not None:
-            raise failure
-        return await self.inner.send(messages)
-
-    async def cancel_scheduled(self, sequence_numbers: Sequence[int]) -> None:
-        await self.inner.cancel_scheduled(sequence_numbers)
-
-    def receiver(
-        self,
-        *,
-        prefetch: int = 0,
-        sub_queue: SubQueue = SubQueue.Main,
-        receive_mode: ReceiveMode = ReceiveMode.PeekLock,
-    ) -> InMemoryReceiver:
-        return self.inner.receiver(
-            prefetch=prefetch, sub_queue=sub_queue, receive_mode=receive_mode
-        )
-
-    async def close(self) -> None:
-        await self.inner.close()
+from tests.core.flaky_broker import FlakyBroker
 
 
 async def process_data(state: Any, data_id: str, priority: str = "normal") -> None:
