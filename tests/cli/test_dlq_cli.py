@@ -130,7 +130,7 @@ def test_show_prints_one_dead_letter_in_full(shared_dead_letters: DeadLetters) -
     assert "  boilermaker_function: charge" in shown.stdout
     doc = json.loads(as_json.stdout)
     assert doc["application_properties"]["boilermaker_function"] == "charge"
-    assert json.loads(doc["body"])["task"]["function_name"] == "charge"
+    assert json.loads(doc["body"])["function_name"] == "charge"
 
 
 def test_show_of_an_unknown_sequence_number_is_an_error(shared_dead_letters: DeadLetters) -> None:
@@ -201,7 +201,7 @@ def test_replay_puts_tasks_back_with_lineage_then_purge_empties_the_dlq(
         assert props[REPLAY_COUNT] == 1
         assert datetime.fromisoformat(props[REPLAYED_AT]).tzinfo is not None
         assert props["boilermaker_function"] == "charge"
-        assert json.loads(b"".join(copy.body))["task"]["attempts"]["attempts"] == 0
+        assert json.loads(b"".join(copy.body))["attempts"]["attempts"] == 0
     assert dead_letters.counts().dead_lettered == 3
 
     # o-1 works now; o-2 fails again and is dead-lettered with its lineage.

@@ -1,4 +1,4 @@
-"""The wire contract: envelope round trips, legacy 1.x bodies, and every rejection."""
+"""The wire contract: flat and wrapped bodies, legacy 1.x bodies, and every rejection."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from boilermaker.envelope import (
     CONTENT_TYPE,
     ENVELOPE_KEY,
     ENVELOPE_VERSION,
-    MESSAGE_OVERHEAD,
-    check_size,
     decode_task,
     encode_task,
+    is_wrapped,
 )
-from boilermaker.exceptions import InvalidTaskFormat, MessageTooLarge
+from boilermaker.exceptions import InvalidTaskFormat
 from boilermaker.retries import RetryMode, RetryPolicy
 from boilermaker.task import Task
 
@@ -25,15 +24,30 @@ def envelope(task: dict[str, Any], version: Any = ENVELOPE_VERSION) -> bytes:
     return json.dumps({ENVELOPE_KEY: version, "task": task}).encode()
 
 
-def test_encoded_task_is_a_versioned_json_envelope() -> None:
+def test_encoded_task_has_its_fields_at_the_top_level_and_a_version() -> None:
     task = Task.si("process_data", "data_123", priority="high")
     doc = json.loads(encode_task(task))
     assert doc[ENVELOPE_KEY] == ENVELOPE_VERSION == "2.0"
-    assert doc["task"]["function_name"] == "process_data"
-    assert doc["task"]["task_id"] == task.task_id
-    assert doc["task"]["payload"] == {"args": ["data_123"], "kwargs": {"priority": "high"}}
-    assert "sequence_number" not in doc["task"]
+    assert doc["function_name"] == "process_data"
+    assert doc["task_id"] == task.task_id
+    assert doc["payload"] == {"args": ["data_123"], "kwargs": {"priority": "high"}}
+    assert doc["policy"] == {"max_tries": 5, "delay": 120, "delay_max": 120, "retry_mode": 0}
+    assert set(doc["attempts"]) == {"attempts", "last_retry"}
+    assert "sequence_number" not in doc
+    assert "task" not in doc
+    assert not is_wrapped(encode_task(task))
     assert CONTENT_TYPE == "application/json"
+
+
+def test_wrapped_task_nests_its_fields_under_task() -> None:
+    task = Task.si("node", 1)
+    body = encode_task(task, wrapped=True)
+    doc = json.loads(body)
+    assert set(doc) == {ENVELOPE_KEY, "task"}
+    assert doc["task"]["function_name"] == "node"
+    assert is_wrapped(body)
+    assert decode_task(body) == task
+    assert not is_wrapped(b"not json")
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -55,7 +69,7 @@ def test_round_trip_keeps_every_field() -> None:
     task.diagnostic_id = "00-abc-def-01"
     task.sequence_number = 42
     again = decode_task(encode_task(task))
-    assert again == task
+    assert again == task == decode_task(encode_task(task, wrapped=True))
     assert again.task_id == task.task_id
     assert again.policy == policy
     assert again.attempts.attempts == 1
@@ -105,21 +119,22 @@ def test_decode_accepts_str_bytearray_and_memoryview() -> None:
 
 def test_newer_minor_versions_are_read_ignoring_unknown_fields() -> None:
     task = Task.si("f", 1)
-    doc = json.loads(encode_task(task))["task"]
+    doc = json.loads(encode_task(task, wrapped=True))["task"]
     doc["priority"] = "high"
     doc["policy"]["jitter"] = "full"
     doc["attempts"]["first_try"] = "2030-01-01T00:00:00Z"
-    doc["on_success"] = json.loads(encode_task(Task.si("g")))["task"] | {"new": 1}
-    again = decode_task(envelope(doc, version="2.7"))
-    assert again.task_id == task.task_id
-    assert again.policy == task.policy
-    assert again.on_success is not None
-    assert again.on_success.function_name == "g"
+    doc["on_success"] = json.loads(encode_task(Task.si("g"), wrapped=True))["task"] | {"new": 1}
+    for body in (envelope(doc, version="2.7"), json.dumps({**doc, ENVELOPE_KEY: "2.7"}).encode()):
+        again = decode_task(body)
+        assert again.task_id == task.task_id
+        assert again.policy == task.policy
+        assert again.on_success is not None
+        assert again.on_success.function_name == "g"
 
 
 def test_version_may_be_an_integer_major() -> None:
     task = Task.si("f")
-    doc = json.loads(encode_task(task))["task"]
+    doc = json.loads(encode_task(task, wrapped=True))["task"]
     assert decode_task(envelope(doc, version=2)) == task
 
 
@@ -194,16 +209,17 @@ def test_early_1x_task_without_task_id_or_arguments_is_read() -> None:
         (b'"a string"', "JSON str, not an envelope"),
         (b"42", "JSON int, not an envelope"),
         (b"null", "JSON NoneType, not an envelope"),
-        (b"{}", "not a Boilermaker task envelope"),
-        (b'{"function_name": "f", "payload": {}}', "not a Boilermaker task envelope"),
-        (b'{"hello": "world"}', "not a Boilermaker task envelope"),
+        (b"{}", "not a Boilermaker task"),
+        (b'{"function_name": "f", "payload": {}}', "a task without attempts, policy"),
+        (b'{"hello": "world"}', "not a Boilermaker task"),
+        (b'{"boilermaker": "3.0", "function_name": "f"}', "'3.0' is not supported"),
         (b'{"boilermaker": "3.0", "task": {}}', "'3.0' is not supported"),
         (b'{"boilermaker": 0, "task": {}}', "0 is not supported"),
         (b'{"boilermaker": "x.y", "task": {}}', "not a version number"),
         (b'{"boilermaker": true, "task": {}}', "not a version number"),
         (b'{"boilermaker": null, "task": {}}', "not a version number"),
-        (b'{"boilermaker": "2.0"}', "no 'task' object"),
-        (b'{"boilermaker": "2.0", "task": [1]}', "no 'task' object"),
+        (b'{"boilermaker": "2.0"}', "neither task fields nor a 'task' object"),
+        (b'{"boilermaker": "2.0", "task": [1]}', "neither task fields nor a 'task' object"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
     ],
 )
@@ -237,6 +253,9 @@ def test_undecodable_bodies_raise_invalid_task_format(body: bytes, match: str) -
 def test_bad_task_fields_raise_invalid_task_format(task: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidTaskFormat, match=f"invalid: {field}"):
         decode_task(envelope(task))
+    if "function_name" in task:
+        with pytest.raises(InvalidTaskFormat, match=f"invalid: {field}"):
+            decode_task(json.dumps({ENVELOPE_KEY: "2.0", **task}).encode())
 
 
 def test_bad_legacy_task_fields_raise_invalid_task_format() -> None:
@@ -266,16 +285,3 @@ def test_huge_integers_are_refused() -> None:
 def test_invalid_task_format_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         decode_task(b"nope")
-
-
-# -- sizes -----------------------------------------------------------------------------------
-
-
-def test_check_size_counts_the_broker_overhead() -> None:
-    check_size(b"x" * (4096 - MESSAGE_OVERHEAD), 4096)
-    with pytest.raises(MessageTooLarge) as info:
-        check_size(b"x" * (4096 - MESSAGE_OVERHEAD + 1), 4096)
-    assert info.value.size == 4097
-    assert info.value.limit == 4096
-    assert "4097 bytes" in str(info.value)
-    assert "4096 bytes" in str(info.value)

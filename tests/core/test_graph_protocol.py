@@ -26,11 +26,14 @@ class Steps:
         self.order: list[str] = []
         self.fail: set[str] = set()
         self.retries: dict[str, int] = {}
+        self.block: dict[str, asyncio.Event] = {}
 
 
 async def step(state: Steps, name: str) -> str:
     state.runs[name] += 1
     await asyncio.sleep(0)
+    if name in state.block:
+        await state.block[name].wait()
     if state.retries.get(name, 0) >= state.runs[name]:
         raise RetryException(f"{name} not ready")
     if name in state.fail:
@@ -296,3 +299,90 @@ async def test_graph_progress_reads_with_a_store_alone() -> None:
     progress = await reader.graph_progress(graph.graph_id)
     assert progress is not None
     assert set(progress.statuses.values()) == {TaskStatus.Scheduled}
+
+
+# -- shared failure handlers -------------------------------------------------------------------
+
+
+async def test_shared_handler_runs_once_when_several_of_its_tasks_fail() -> None:
+    app, steps, broker, _store = new_app()
+    steps.fail |= {"a", "b"}
+    a, b, c, handler, join = (node(app, n) for n in ("a", "b", "c", "handler", "join"))
+    graph = (
+        TaskGraphBuilder()
+        .parallel(a, b, c, on_failure=handler)
+        .then(join)
+        .build(on_all_failed=node(app, "fallback"))
+    )
+    progress = await run_graph(app, graph)
+
+    assert steps.runs == Counter(a=1, b=1, c=1, handler=1, fallback=1)
+    assert status_by_name(graph, progress) == {
+        "a": TaskStatus.Failure,
+        "b": TaskStatus.Failure,
+        "c": TaskStatus.Success,
+        "handler": TaskStatus.Success,
+        "join": "skipped",
+        "fallback": TaskStatus.Success,
+    }
+    assert progress.failed
+    assert broker.counts().dead_lettered == 2
+
+
+async def test_shared_handler_is_skipped_when_all_its_tasks_succeed() -> None:
+    app, steps, _broker, _store = new_app()
+    a, b, handler, join = (node(app, n) for n in ("a", "b", "handler", "join"))
+    graph = TaskGraphBuilder().parallel(a, b, on_failure=handler).then(join).build()
+    progress = await run_graph(app, graph)
+
+    assert steps.runs == Counter(a=1, b=1, join=1)
+    assert status_by_name(graph, progress)["handler"] == "skipped"
+    assert not progress.failed
+
+
+async def test_chain_handler_runs_once_at_the_first_failure_and_the_rest_is_skipped() -> None:
+    app, steps, _broker, _store = new_app()
+    steps.fail.add("two")
+    one, two, three, handler = (node(app, n) for n in ("one", "two", "three", "handler"))
+    graph = TaskGraphBuilder().add_chain(TaskChain(one, two, three, on_any_failure=handler)).build()
+    progress = await run_graph(app, graph)
+
+    assert steps.runs == Counter(one=1, two=1, handler=1)
+    assert status_by_name(graph, progress) == {
+        "one": TaskStatus.Success,
+        "two": TaskStatus.Failure,
+        "three": "skipped",
+        "handler": TaskStatus.Success,
+    }
+
+
+async def test_graph_with_a_shared_handler_ends_only_after_its_last_task_settles() -> None:
+    app, steps, _broker, _store = new_app()
+    steps.fail |= {"fast", "slow"}
+    steps.block["slow"] = asyncio.Event()
+    fast, slow, handler = node(app, "fast"), node(app, "slow"), node(app, "handler")
+    graph = (
+        TaskGraphBuilder()
+        .parallel(fast, slow, on_failure=handler)
+        .build(on_all_failed=node(app, "fallback"))
+    )
+    await app.publish_graph(graph)
+    worker = asyncio.create_task(app.run(install_signal_handlers=False, receive_wait=0.05))
+    try:
+        for _ in range(500):
+            if "handler" in steps.order:
+                break
+            await asyncio.sleep(0.01)
+        assert steps.order == ["handler"], "the handler did not run at the first failure"
+        await asyncio.sleep(0.1)
+        progress = await app.graph_progress(graph.graph_id)
+        assert progress is not None and not progress.ended, "ended while a task still ran"
+        assert steps.runs["fallback"] == 0
+
+        steps.block["slow"].set()
+        done = await app.wait_for_graph(graph.graph_id, timeout=10, poll_interval=0.02)
+    finally:
+        app.stop()
+        await worker
+    assert done.failed
+    assert steps.runs == Counter(fast=1, slow=1, handler=1, fallback=1)

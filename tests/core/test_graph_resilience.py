@@ -33,6 +33,7 @@ class Steps:
         self.retries: dict[str, int] = {}
         self.block: dict[str, asyncio.Event] = {}
         self.entered: dict[str, asyncio.Event] = {}
+        self.fail: set[str] = set()
 
 
 async def step(state: Steps, name: str) -> str:
@@ -45,6 +46,8 @@ async def step(state: Steps, name: str) -> str:
     if state.retries.get(name, 0) >= state.started[name]:
         raise RetryException(f"{name} not ready")
     state.finished[name] += 1
+    if name in state.fail:
+        raise ValueError(f"{name} failed")
     return name
 
 
@@ -321,6 +324,106 @@ async def test_crash_before_publishing_a_retry_lets_the_redelivery_run_the_node(
     assert steps.started == Counter(a=1, b=2, c=1)
     assert steps.finished == Counter(a=1, b=1, c=1)
     await completed(app, graph)
+
+
+# -- shared failure handlers --------------------------------------------------------------------
+
+
+def shared_handler_graph(app: Boilermaker, width: int) -> TaskGraph:
+    """``width`` parallel tasks sharing one handler, then a join, plus an all-failed callback."""
+    tasks = [node(app, f"p-{i}") for i in range(width)]
+    return (
+        TaskGraphBuilder()
+        .parallel(*tasks, on_failure=node(app, "handler"))
+        .then(node(app, "join"))
+        .build(on_all_failed=node(app, "fallback"))
+    )
+
+
+async def ended_with_failures(app: Boilermaker, graph: TaskGraph) -> GraphProgress:
+    progress = await app.graph_progress(graph.graph_id)
+    assert progress is not None
+    assert progress.complete and progress.failed, f"graph did not end failed: {progress}"
+    return progress
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+async def test_racing_workers_run_a_shared_handler_once(workers: int) -> None:
+    app, steps, broker, store = new_app()
+    steps.fail |= {f"p-{i}" for i in range(0, 12, 2)}
+    steps.retries["p-3"] = 1
+    graph = shared_handler_graph(app, 12)
+    await app.publish_graph(graph)
+    apps = [Boilermaker(steps, broker, results_storage=store) for _ in range(workers)]
+    for each in apps:
+        each.register_async(step, policy=RetryPolicy(max_tries=5, delay=0))
+    await asyncio.gather(*(each.run_until_idle(timeout=30, concurrency=4) for each in apps))
+
+    assert steps.started["handler"] == 1
+    assert steps.started["fallback"] == 1
+    assert steps.started["join"] == 0
+    assert all(steps.started[f"p-{i}"] == 1 for i in range(12) if i != 3)
+    await ended_with_failures(app, graph)
+    assert broker.is_idle()
+    assert store.conflicts > 0, "the workers never raced on a record"
+
+
+async def test_crash_at_the_write_that_dispatches_a_shared_handler() -> None:
+    app, steps, broker, store = new_app()
+    steps.fail |= {"p-0", "p-1"}
+    graph = shared_handler_graph(app, 3)
+    (handler,) = (t for t, task in graph.tasks.items() if task.args == ["handler"])
+    store.fail_write = is_status_write(handler, "scheduled")
+    await app.publish_graph(graph)
+    worker = await app.run_until_idle(timeout=10, concurrency=4)
+
+    assert worker.stats.abandoned >= 1, "the injected crash did not happen"
+    assert steps.started["handler"] == 1
+    assert steps.started["fallback"] == 1
+    await ended_with_failures(app, graph)
+    assert broker.is_idle()
+
+
+async def test_crash_when_publishing_a_shared_handler_redispatches_it_once() -> None:
+    app, steps, broker, _store = new_app()
+    steps.fail |= {"p-0"}
+    graph = shared_handler_graph(app, 3)
+    (handler,) = (t for t, task in graph.tasks.items() if task.args == ["handler"])
+    fired: list[int] = []
+
+    def fail_the_handler_publish_once(messages: Sequence[OutgoingMessage]) -> bool:
+        if len(fired) < FOLLOW_UP_ATTEMPTS and any(m.message_id == handler for m in messages):
+            fired.append(1)
+            return True
+        return False
+
+    broker.fail_send = fail_the_handler_publish_once
+    await app.publish_graph(graph)
+    worker = await app.run_until_idle(timeout=10, concurrency=4)
+
+    assert len(fired) == FOLLOW_UP_ATTEMPTS
+    assert worker.stats.abandoned >= 1
+    assert steps.started["handler"] == 1
+    assert steps.started["fallback"] == 1
+    await ended_with_failures(app, graph)
+
+
+async def test_duplicate_failed_parents_run_a_shared_handler_once() -> None:
+    app, steps, broker, _store = new_app()
+    steps.fail |= {"p-0", "p-1"}
+    graph = shared_handler_graph(app, 3)
+    await app.publish_graph(graph)
+    await app.run_until_idle(timeout=10, concurrency=4)
+    for task_id, task in graph.tasks.items():
+        if task.args[0].startswith("p-"):
+            await app.publish_task(graph.task(task_id), unique_msg_id=f"{task_id}:again")
+    await app.run_until_idle(timeout=10, concurrency=4)
+
+    assert steps.started["handler"] == 1
+    assert steps.started["fallback"] == 1
+    assert all(steps.started[f"p-{i}"] == 1 for i in range(3))
+    await ended_with_failures(app, graph)
+    assert broker.is_idle()
 
 
 # -- recovery -------------------------------------------------------------------------------

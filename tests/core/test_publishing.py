@@ -421,7 +421,7 @@ def test_published_task_bodies_are_compact_json(app: Boilermaker) -> None:
     task = app.create_task(process_data, "x")
     body = app.publisher.to_message(publishing.Publication(task)).body
     assert b": " not in body
-    assert json.loads(body)["task"]["task_id"] == task.task_id
+    assert json.loads(body)["task_id"] == task.task_id
 
 
 async def test_with_tracing_a_batch_with_one_oversize_task_sends_nothing() -> None:

@@ -1,11 +1,21 @@
-"""The wire contract: one versioned JSON envelope per task message.
+"""The wire contract: the JSON body of a task message, which both 1.x and 2.x read.
+
+A task travels as its fields at the top level, as the published 1.x library
+wrote them, plus a format version where 1.x ignores it::
+
+    {"boilermaker": "2.0", "task_id": "...", "function_name": "...", ...}
+
+so workers still on 1.x run what this version publishes (upgrade publishers
+first or workers first, in any order). Nodes of graphs published by this
+version travel wrapped instead::
 
     {"boilermaker": "2.0", "task": {...Task fields...}}
 
-Readers accept any minor version of a major they know (new optional fields
-may appear) and refuse other majors. A bare task object, as the published
-1.x library wrote it, is read as version 1 so queues can be switched over
-with messages still in them. Anything else raises :class:`InvalidTaskFormat`.
+which 1.x refuses (dead-letters as ``InvalidTaskFormat``) rather than run:
+their dispatch records would be overwritten by a 1.x worker. Readers take
+either form, any minor version of a major they know (new fields are
+ignored), and refuse other majors; a bare task without a version is 1.x's.
+Anything else raises :class:`InvalidTaskFormat`.
 """
 
 from __future__ import annotations
@@ -15,9 +25,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from boilermaker.exceptions import InvalidTaskFormat, MessageTooLarge
-from boilermaker.retries import RetryAttempts, RetryPolicy
-from boilermaker.task.task import Task
+from boilermaker.exceptions import InvalidTaskFormat
+from boilermaker.task.task import Task, known_task_fields
 
 ENVELOPE_KEY = "boilermaker"
 ENVELOPE_VERSION = "2.0"
@@ -31,17 +40,24 @@ MESSAGE_OVERHEAD = 1024
 _LEGACY_KEYS = frozenset({"function_name", "attempts", "policy", "payload"})
 
 
-def encode_task(task: Task) -> bytes:
-    """Serialise ``task`` into the current envelope version."""
+def encode_task(task: Task, *, wrapped: bool = False) -> bytes:
+    """The message body of ``task``: flat (1.x reads it), or wrapped (1.x refuses it)."""
     inner = task.model_dump_json(exclude={"sequence_number"})
-    return ('{"' + ENVELOPE_KEY + '":"' + ENVELOPE_VERSION + '","task":' + inner + "}").encode()
+    head = '{"' + ENVELOPE_KEY + '":"' + ENVELOPE_VERSION + '",'
+    if wrapped:
+        return (head + '"task":' + inner + "}").encode()
+    return (head + inner[1:]).encode()
 
 
-def check_size(body: bytes, limit: int, what: str = "task message") -> None:
-    """Refuse a body that, with the broker's own overhead, exceeds ``limit`` bytes."""
-    size = len(body) + MESSAGE_OVERHEAD
-    if size > limit:
-        raise MessageTooLarge(size, limit, what)
+def is_wrapped(body: bytes) -> bool:
+    """Whether a body is in the wrapped form (a 2.x graph node's), which 1.x refuses."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(doc, dict) and "function_name" not in doc and isinstance(doc.get("task"), dict)
+    )
 
 
 def _major(version: Any) -> int:
@@ -76,15 +92,19 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
                 f"envelope version {doc[ENVELOPE_KEY]!r} is not supported "
                 f"(this worker reads majors {sorted(SUPPORTED_MAJORS)})"
             )
+    if "function_name" in doc:
+        task_doc: Any = doc
+        if ENVELOPE_KEY not in doc and not doc.keys() >= _LEGACY_KEYS:
+            missing = ", ".join(sorted(_LEGACY_KEYS - doc.keys()))
+            raise InvalidTaskFormat(f"message body is a task without {missing}")
+    elif ENVELOPE_KEY in doc:
         task_doc = doc.get("task")
         if not isinstance(task_doc, dict):
-            raise InvalidTaskFormat("envelope has no 'task' object")
-    elif doc.keys() >= _LEGACY_KEYS:
-        task_doc = doc
+            raise InvalidTaskFormat("envelope has neither task fields nor a 'task' object")
     else:
-        raise InvalidTaskFormat("message body is JSON but not a Boilermaker task envelope")
+        raise InvalidTaskFormat("message body is JSON but not a Boilermaker task")
     try:
-        return Task.model_validate(_drop_unknown(task_doc))
+        return Task.model_validate(known_task_fields(task_doc))
     except RecursionError:
         raise InvalidTaskFormat("task in envelope is nested too deeply") from None
     except ValidationError as exc:
@@ -97,22 +117,3 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
 def _refuse_constant(name: str) -> Any:
     """``NaN`` and ``Infinity`` are not JSON, and would not survive re-publishing."""
     raise InvalidTaskFormat(f"message body is not strict JSON: it contains {name}")
-
-
-_TASK_FIELDS = frozenset(Task.model_fields)
-_NESTED_FIELDS = {
-    "policy": frozenset(RetryPolicy.model_fields),
-    "attempts": frozenset(RetryAttempts.model_fields),
-}
-
-
-def _drop_unknown(doc: dict[str, Any]) -> dict[str, Any]:
-    """Ignore fields from newer minor versions, recursively through chained tasks."""
-    out = {k: v for k, v in doc.items() if k in _TASK_FIELDS}
-    for key, known in _NESTED_FIELDS.items():
-        if isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k in known}
-    for key in ("on_success", "on_failure"):
-        if isinstance(out.get(key), dict):
-            out[key] = _drop_unknown(out[key])
-    return out

@@ -1,6 +1,7 @@
 """Running task graphs on a broker plus a results store, each node exactly once.
 
-How a node moves (all writes are compare-and-swap on the ETag just read):
+How a node moves (the transitions are in :mod:`boilermaker.graph_node`; every
+write is a compare-and-swap on the ETag just read):
 
 1. ``publish`` writes ``graph.json`` and a Pending record per node (create-only,
    so a second call after a failure finishes the job without duplicates), then
@@ -11,11 +12,11 @@ How a node moves (all writes are compare-and-swap on the ETag just read):
    retry is recorded (Retry, with the retry message's id) before that message
    is published; the node then takes only that message, or a redelivery of
    the one that asked for the retry.
-3. When a node settles (finishes, or is skipped because it can never run), its
-   ``continuation`` records its outcome in each dependent's record (its
-   children and its failure handler). The writer whose arrival completes a
-   dependent's set decides for it: dispatch it (all parents succeeded, or for
-   a handler, its task failed) or skip it, which settles it in turn.
+3. When a node settles (finished or skipped, and everything it waits on has
+   arrived), its ``continuation`` records its outcome in each dependent's
+   record (its children and its failure handlers). The writer whose arrival
+   makes a dependent decidable decides for it in the same write: dispatch it
+   or skip it, which settles it in turn.
 4. Sinks report to the graph-status record; when all have settled the graph
    has ended, and if anything failed the all-failed callback is dispatched.
 
@@ -24,6 +25,9 @@ graph of N nodes and E edges costs O(N + E) in total. Every step is
 idempotent: a redelivered message re-runs only the continuation, and a
 continuation repeated after a crash re-dispatches what it must (duplicates are
 resolved by the claim), so no crash point leaves a graph stuck.
+
+Graphs published by 1.x (protocol 1) are dispatched the 1.x way instead
+(:mod:`boilermaker.graph_legacy`), so old and new workers can share them.
 """
 
 from __future__ import annotations
@@ -36,22 +40,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
 
+from boilermaker import graph_node
+from boilermaker.graph_node import Decision, Step, Waiting
 from boilermaker.ids import TaskId
 from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication, Publisher, batches_by_size
 from boilermaker.results import (
     FAILED,
-    NOT_YET,
-    SUCCEEDED,
     CoalescingRecords,
     GraphStatusRecord,
-    Mutation,
     NodeRecord,
     graph_blob,
     graph_status_blob,
     node_blob,
 )
 from boilermaker.results_store import BlobExists, PreconditionFailed, ResultsStore
-from boilermaker.task.graph import TaskGraph
+from boilermaker.task.graph import LEGACY_PROTOCOL, TaskGraph
 from boilermaker.task.status import TaskStatus
 from boilermaker.task.task import Task
 
@@ -75,6 +78,7 @@ class Claim:
 
 
 async def bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCURRENCY) -> list[T]:
+    """Await ``coros`` with at most ``limit`` running at once; results in order."""
     semaphore = asyncio.Semaphore(limit)
 
     async def run(coro: Awaitable[T]) -> T:
@@ -82,6 +86,11 @@ async def bounded_gather(coros: Sequence[Awaitable[T]], limit: int = BULK_CONCUR
             return await coro
 
     return list(await asyncio.gather(*(run(c) for c in coros)))
+
+
+def waiting_of(graph: TaskGraph, task_id: TaskId) -> Waiting:
+    """How many arrivals ``task_id`` waits for, and whether it is a failure handler."""
+    return Waiting(len(graph.waits_on(task_id)), graph.is_handler(task_id))
 
 
 class GraphRuntime:
@@ -123,7 +132,7 @@ class GraphRuntime:
         blob = await self.store.read(graph_blob(graph_id))
         if blob is None:
             return None
-        graph = TaskGraph.model_validate_json(blob.data)
+        graph = TaskGraph.from_stored(blob.data)
         self._remember(graph)
         return graph
 
@@ -137,11 +146,11 @@ class GraphRuntime:
 
     async def publish(self, graph: TaskGraph, attempts: int = 1) -> TaskGraph:
         """Store the graph and publish its roots; safe to call again after a failure."""
-        data = graph.model_dump_json().encode()
+        graph.check()
         try:
             await self.store.write(
                 graph_blob(graph.graph_id),
-                data,
+                graph.to_stored(),
                 tags={"graph_id": str(graph.graph_id), "status": "graph"},
                 create_only=True,
             )
@@ -172,7 +181,7 @@ class GraphRuntime:
         pending_roots = []
         for task_id in graph.root_ids:
             got = await self.records.get(node_blob(graph.graph_id, task_id))
-            if got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped:
+            if got is not None and graph_node.undecided(got[0]):
                 pending_roots.append(task_id)
         # One broker batch at a time, each marked Scheduled once sent: if a
         # later batch fails, calling again publishes only what was not sent.
@@ -183,26 +192,38 @@ class GraphRuntime:
 
     def _root_batches(self, graph: TaskGraph, roots: list[TaskId]) -> list[list[Publication]]:
         """The roots' publications, grouped as the publisher will send them."""
-        items = [Publication(graph.task(t), message_id=str(t)) for t in roots]
+        items = [self.publication(graph, t) for t in roots]
         messages = [self.publisher.to_message(item) for item in items]
         by_message = {id(m): item for m, item in zip(messages, items, strict=True)}
         limit = self.publisher.broker.max_message_size
         return [[by_message[id(m)] for m in run] for run in batches_by_size(messages, limit)]
 
     async def _mark_scheduled(self, graph: TaskGraph, task_id: TaskId) -> None:
-        def mutate(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status is not TaskStatus.Pending or rec.skipped:
-                return None
-            rec.status = TaskStatus.Scheduled
-            return rec
+        await self.records.update(
+            node_blob(graph.graph_id, task_id), Step(graph_node.mark_scheduled)
+        )
 
-        await self.records.update(node_blob(graph.graph_id, task_id), mutate)
+    @staticmethod
+    def publication(
+        graph: TaskGraph, task_id: TaskId, message_id: str = "", task: Task | None = None
+    ) -> Publication:
+        """A node's message (message id = task id unless given). Nodes of graphs of the
+        current protocol go wrapped, so 1.x workers refuse them instead of running them."""
+        return Publication(
+            task if task is not None else graph.task(task_id),
+            message_id=message_id or str(task_id),
+            wrapped=graph.protocol != LEGACY_PROTOCOL,
+        )
+
+    async def publish_node(self, graph: TaskGraph, task_id: TaskId, message_id: str = "") -> None:
+        """Send a node's message (message id = task id unless given)."""
+        await self.publisher.publish(
+            [self.publication(graph, task_id, message_id)], FOLLOW_UP_ATTEMPTS
+        )
 
     async def dispatch(self, graph: TaskGraph, task_id: TaskId) -> None:
         """Publish a ready node (message id = task id), then mark it Scheduled."""
-        await self.publisher.publish(
-            [Publication(graph.task(task_id), message_id=str(task_id))], FOLLOW_UP_ATTEMPTS
-        )
+        await self.publish_node(graph, task_id)
         await self._mark_scheduled(graph, task_id)
 
     # -- running a node ----------------------------------------------------------------
@@ -210,36 +231,25 @@ class GraphRuntime:
     async def claim(self, task: Task, sequence_number: int, message_id: str) -> Claim:
         """Decide whether this message may run its node, and mark it Started if so."""
         assert task.graph_id is not None
+        graph = await self.load(task.graph_id)
         name = node_blob(task.graph_id, task.task_id)
         while True:
             got = await self.records.get(name)
             if got is None:
                 return Claim("missing")
             record, etag = got
-            if record.status.finished:
-                return Claim("finished", record)
-            if record.skipped:
-                return Claim("skipped", record)
-            if record.status is TaskStatus.Pending and not await self._may_start(task, record):
-                # Dispatch marks a node Scheduled before publishing it, so this
-                # message did not come from the graph (e.g. published by hand).
-                return Claim("premature", record)
-            if record.status is TaskStatus.Started and record.claimed_by not in (
-                None,
-                sequence_number,
-            ):
-                return Claim("duplicate", record)
-            if (
-                record.status is TaskStatus.Retry
-                and record.expected_message_id
-                and record.expected_message_id != message_id
-                and record.claimed_by != sequence_number
-            ):
-                return Claim("duplicate", record)
-            record.status = TaskStatus.Started
-            record.claimed_by = sequence_number
-            record.attempt = task.attempts.attempts
-            record.expected_message_id = None
+            startable = True
+            if record.status is TaskStatus.Pending and graph is not None:
+                startable = await self._may_start(graph, task.task_id, record)
+            change = graph_node.claim(
+                record,
+                sequence_number=sequence_number,
+                message_id=message_id,
+                attempt=task.attempts.attempts,
+                startable=startable,
+            )
+            if not change.changed:
+                return Claim(change.value, record)
             try:
                 new_etag = await self.records.put(name, record, if_match=etag)
             except PreconditionFailed:
@@ -249,23 +259,26 @@ class GraphRuntime:
                 self._claimed.popitem(last=False)
             return Claim("run", record, new_etag)
 
-    async def _may_start(self, task: Task, record: NodeRecord) -> bool:
-        """A Pending node may start if it is a root or everything it waits on has settled."""
-        graph = await self.load(str(task.graph_id))
-        if graph is None:
-            return True
-        size = len(graph.waits_on(task.task_id))
-        return task.task_id in graph.root_ids or (size > 0 and record.all_arrived(size))
+    async def _may_start(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> bool:
+        """Whether a Pending node's message came from the graph. Dispatch marks a node
+        Scheduled in the same write that decides it, so a message for a Pending node
+        that is not yet decidable was published by hand (1.x publishes before it
+        writes Scheduled, so there the parents' statuses decide)."""
+        if graph.protocol == LEGACY_PROTOCOL:
+            from boilermaker.graph_legacy import is_ready
 
-    async def _update_claimed(self, task: Task, mutate: Mutation) -> NodeRecord | None:
-        """Apply ``mutate`` to a node this process claimed: one write if nobody else
+            return await is_ready(self, graph, task_id)
+        return graph_node.may_start(record, waiting_of(graph, task_id), task_id in graph.root_ids)
+
+    async def _update_claimed(self, task: Task, step: Step[bool]) -> NodeRecord | None:
+        """Apply ``step`` to a node this process claimed: one write if nobody else
         wrote since the claim, else a read-modify-write."""
         assert task.graph_id is not None
         name = node_blob(task.graph_id, task.task_id)
         held = self._claimed.pop((task.graph_id, task.task_id), None)
         if held is not None:
             record, etag = held
-            changed = mutate(record.model_copy(deep=True))
+            changed = step(record.model_copy(deep=True))
             if changed is None:
                 return record
             try:
@@ -274,26 +287,14 @@ class GraphRuntime:
                 pass
             else:
                 return changed
-        return await self.records.update(name, mutate)
+        return await self.records.update(name, step)
 
     async def mark_retry(self, task: Task, message_id: str, retry_at: datetime) -> None:
-        """Record that the node waits for its retry message ``message_id``.
-
-        Called before that message is published. ``claimed_by`` is kept, so if
-        the worker dies before publishing, a redelivery of the message that
-        asked for the retry may still claim the node.
-        """
-        assert task.graph_id is not None
-
-        def mutate(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status.finished:
-                return None
-            rec.status = TaskStatus.Retry
-            rec.expected_message_id = message_id
-            rec.retry_at = retry_at
-            return rec
-
-        await self._update_claimed(task, mutate)
+        """Record that the node waits for its retry message ``message_id`` (called
+        before that message is published)."""
+        await self._update_claimed(
+            task, Step(lambda rec: graph_node.record_retry(rec, message_id, retry_at))
+        )
 
     async def finish(
         self,
@@ -305,29 +306,40 @@ class GraphRuntime:
         formatted_exception: str | None = None,
     ) -> NodeRecord | None:
         """Record a node's final status (first writer wins; a finished node stays as it is)."""
-        assert task.graph_id is not None
-        assert status.finished
-
-        def mutate(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status.finished:
-                return None
-            rec.status = status
-            rec.result = result
-            rec.errors = errors
-            rec.formatted_exception = formatted_exception
-            rec.attempt = task.attempts.attempts
-            return rec
-
-        return await self._update_claimed(task, mutate)
+        return await self._update_claimed(
+            task,
+            Step(
+                lambda rec: graph_node.record_outcome(
+                    rec,
+                    status,
+                    result=result,
+                    errors=errors,
+                    formatted_exception=formatted_exception,
+                    attempt=task.attempts.attempts,
+                )
+            ),
+        )
 
     # -- continuation ------------------------------------------------------------------
 
     async def continue_from(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> None:
-        """Tell everything waiting on a settled node its outcome (idempotent)."""
+        """Tell everything waiting on a settled node its outcome (idempotent).
+
+        A node that finished before everything it waits on arrived (a shared
+        failure handler that ran at the first failure) has not settled yet: the
+        last arrival continues from it.
+        """
+        if graph.protocol == LEGACY_PROTOCOL:
+            from boilermaker.graph_legacy import continue_legacy
+
+            await continue_legacy(self, graph, task_id)
+            return
         outcome = record.outcome
         if outcome is None:
             raise ValueError(f"node {task_id} has not settled (status {record.status})")
-        if task_id == graph.all_failed_callback:
+        if task_id == graph.all_failed_callback_id:
+            return
+        if not graph_node.has_settled(record, waiting_of(graph, task_id)):
             return
         failure_seen = record.failure_seen or outcome == FAILED
         targets = graph.notified_by(task_id)
@@ -338,103 +350,58 @@ class GraphRuntime:
             *(self._arrive(graph, child, task_id, outcome, failure_seen) for child in targets)
         )
 
-    def _ready(self, graph: TaskGraph, child: TaskId, arrivals: str) -> bool:
-        if child in graph.failure_parent:
-            return arrivals == FAILED
-        return arrivals == SUCCEEDED * len(arrivals)
-
     async def _arrive(
         self, graph: TaskGraph, child: TaskId, parent: TaskId, outcome: str, failure_seen: bool
     ) -> None:
-        """Record ``parent``'s outcome on ``child``; the arrival that completes the set
-        decides for the child in the same write: Scheduled (then published) or skipped."""
-        size = len(graph.waits_on(child))
+        """Record ``parent``'s outcome on ``child`` and carry out what that decided."""
+        waiting = waiting_of(graph, child)
         slot = graph.wait_positions[child][parent]
-        seen = {"already": False, "decided": ""}
-
-        def arrive(rec: NodeRecord) -> NodeRecord | None:
-            seen["already"], seen["decided"] = False, ""
-            arrivals = rec.arrivals_of(size)
-            if arrivals[slot] != NOT_YET:
-                seen["already"] = True
-                return None
-            arrivals = arrivals[:slot] + outcome + arrivals[slot + 1 :]
-            rec.arrivals = arrivals
-            rec.failure_seen = rec.failure_seen or failure_seen
-            if NOT_YET not in arrivals and rec.status is TaskStatus.Pending and not rec.skipped:
-                if self._ready(graph, child, arrivals):
-                    rec.status = TaskStatus.Scheduled
-                    seen["decided"] = "dispatch"
-                else:
-                    rec.skipped = True
-                    seen["decided"] = "skip"
-            return rec
-
-        record = await self.records.update_together(node_blob(graph.graph_id, child), arrive)
+        step = Step(
+            lambda rec: graph_node.arrive(
+                rec, slot=slot, outcome=outcome, failure_seen=failure_seen, waiting=waiting
+            )
+        )
+        record = await self.records.update_together(node_blob(graph.graph_id, child), step)
         if record is None:
             logger.error("Graph %s has no record for task %s", graph.graph_id, child)
             return
-        if seen["decided"] == "dispatch":
+        arrival = step.value
+        assert arrival is not None
+        if arrival.decision is Decision.DISPATCH:
             try:
-                await self._publish_node(graph, child)
+                await self.publish_node(graph, child)
             except Exception:
-                await self._unschedule(graph, child)
+                await self.records.update(
+                    node_blob(graph.graph_id, child), Step(graph_node.unschedule)
+                )
                 raise
-        elif seen["decided"] == "skip":
+        elif arrival.decision is Decision.SKIP or graph_node.has_settled(record, waiting):
+            # Skipped now, or (a shared handler) finished before this last arrival.
             await self.continue_from(graph, child, record)
-        elif seen["already"] and record.all_arrived(size):
-            await self.repeat_decision(graph, child, record, size)
+        elif arrival.already:
+            await self.reconsider(graph, child, record)
 
-    async def repeat_decision(
-        self, graph: TaskGraph, child: TaskId, record: NodeRecord, size: int
-    ) -> None:
-        """A continuation run again (redelivery, recovery): redo what the deciding
-        arrival did, in case it was cut short. Duplicates are resolved by the claim."""
-        if record.skipped:
-            await self.continue_from(graph, child, record)
+    async def reconsider(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> None:
+        """Redo what deciding for a node did, in case it was cut short (a continuation
+        run again by a redelivery, or by recovery). Duplicates are resolved by the claim."""
+        waiting = waiting_of(graph, task_id)
+        if record.outcome is not None:
+            await self.continue_from(graph, task_id, record)
             return
         if record.status not in (TaskStatus.Pending, TaskStatus.Scheduled):
             return
-        if not self._ready(graph, child, record.arrivals_of(size)):
-            await self._settle_as_skipped(graph, child)
-            return
-        if record.status is TaskStatus.Pending:
-            await self.dispatch(graph, child)
-        else:
-            await self._publish_node(graph, child)
-
-    async def _unschedule(self, graph: TaskGraph, task_id: TaskId) -> None:
-        """Put a node whose publish failed back to Pending, so it reads as ready but
-        unsent (recover finds it at once) rather than as waiting in the queue."""
-
-        def revert(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status is not TaskStatus.Scheduled or rec.claimed_by is not None:
-                return None
-            rec.status = TaskStatus.Pending
-            return rec
-
-        try:
-            await self.records.update(node_blob(graph.graph_id, task_id), revert)
-        except Exception:
-            logger.exception(
-                "Could not return task %s of graph %s to Pending", task_id, graph.graph_id
+        decision = graph_node.decision_for(record, waiting)
+        if decision is Decision.SKIP:
+            skipped = await self.records.update(
+                node_blob(graph.graph_id, task_id), Step(graph_node.skip)
             )
-
-    async def _publish_node(self, graph: TaskGraph, task_id: TaskId) -> None:
-        await self.publisher.publish(
-            [Publication(graph.task(task_id), message_id=str(task_id))], FOLLOW_UP_ATTEMPTS
-        )
-
-    async def _settle_as_skipped(self, graph: TaskGraph, task_id: TaskId) -> None:
-        def skip(rec: NodeRecord) -> NodeRecord | None:
-            if rec.status is not TaskStatus.Pending or rec.skipped:
-                return None
-            rec.skipped = True
-            return rec
-
-        record = await self.records.update(node_blob(graph.graph_id, task_id), skip)
-        if record is not None and record.skipped:
-            await self.continue_from(graph, task_id, record)
+            if skipped is not None and skipped.skipped:
+                await self.continue_from(graph, task_id, skipped)
+        elif decision is Decision.DISPATCH:
+            if record.status is TaskStatus.Pending:
+                await self.dispatch(graph, task_id)
+            else:
+                await self.publish_node(graph, task_id)
 
     async def _arrive_at_end(
         self, graph: TaskGraph, sink: TaskId, outcome: str, failure_seen: bool
@@ -445,7 +412,7 @@ class GraphRuntime:
 
         def arrive(rec: NodeRecord) -> NodeRecord | None:
             arrivals = rec.arrivals_of(size)
-            if arrivals[slot] != NOT_YET:
+            if arrivals[slot] != "." or rec.status.finished:
                 return None
             rec.arrivals = arrivals[:slot] + outcome + arrivals[slot + 1 :]
             rec.failure_seen = rec.failure_seen or failure_seen
@@ -455,29 +422,25 @@ class GraphRuntime:
 
         record = await self.records.update_together(graph_status_blob(graph.graph_id), arrive)
         if record is not None and record.status.finished:
-            await self.settle_all_failed_callback(graph, record.failure_seen)
+            await self.end(graph, record.failure_seen)
 
-    async def settle_all_failed_callback(self, graph: TaskGraph, failed: bool) -> None:
+    async def end(self, graph: TaskGraph, failed: bool) -> bool:
         """After the graph ended: dispatch the all-failed callback if anything failed,
-        else mark it skipped. Safe to repeat."""
-        callback = graph.all_failed_callback
+        else mark it skipped. Safe to repeat; True if it was (re)published."""
+        callback = graph.all_failed_callback_id
         if callback is None:
-            return
-        decided = {"dispatch": False}
-
-        def decide(rec: NodeRecord) -> NodeRecord | None:
-            decided["dispatch"] = False
-            if rec.status is not TaskStatus.Pending or rec.skipped:
-                return None
-            if failed:
-                rec.status = TaskStatus.Scheduled
-                decided["dispatch"] = True
-            else:
-                rec.skipped = True
-            return rec
-
-        record = await self.records.update(node_blob(graph.graph_id, callback), decide)
+            return False
+        waiting = Waiting(1, handler=True)
+        outcome = FAILED if failed else "s"
+        step = Step(
+            lambda rec: graph_node.arrive(
+                rec, slot=0, outcome=outcome, failure_seen=failed, waiting=waiting
+            )
+        )
+        record = await self.records.update(node_blob(graph.graph_id, callback), step)
         if record is None:
-            return
-        if decided["dispatch"] or (failed and record.status is TaskStatus.Scheduled):
-            await self._publish_node(graph, callback)
+            return False
+        if failed and record.status is TaskStatus.Scheduled:
+            await self.publish_node(graph, callback)
+            return True
+        return False

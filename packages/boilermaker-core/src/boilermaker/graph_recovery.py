@@ -10,14 +10,18 @@ broker, a publish that failed for good).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from boilermaker.graph_dispatch import GraphRuntime, bounded_gather
+from boilermaker import graph_node
+from boilermaker.graph_dispatch import GraphRuntime, bounded_gather, waiting_of
+from boilermaker.graph_legacy import redispatch_ready
+from boilermaker.graph_node import Decision, Step
 from boilermaker.ids import GraphId, TaskId
-from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication
+from boilermaker.publishing import FOLLOW_UP_ATTEMPTS
 from boilermaker.results import NodeRecord, graph_status_blob, node_blob
-from boilermaker.task.graph import TaskGraph
+from boilermaker.task.graph import LEGACY_PROTOCOL, TaskGraph
 from boilermaker.task.status import TaskStatus
 
 logger = logging.getLogger("boilermaker.graph")
@@ -47,36 +51,56 @@ async def has_ended(runtime: GraphRuntime, graph_id: str) -> bool:
     return got is not None and got[0].status.finished
 
 
-async def read_progress(runtime: GraphRuntime, graph_id: str) -> GraphProgress | None:
-    """Every node's status; reads one record per node."""
+async def read_graph(runtime: GraphRuntime, graph_id: str) -> TaskGraph | None:
+    """The graph with every node's record as its ``results`` (one read per node).
+
+    Works for graphs of either protocol; the reading methods of
+    :class:`~boilermaker.task.graph.TaskGraph` (``is_complete``,
+    ``detect_stalled_tasks``, ...) then apply.
+    """
     graph = await runtime.load(graph_id)
     if graph is None:
         return None
     ids = list(graph.tasks)
     got = await bounded_gather([runtime.records.get(node_blob(graph_id, t)) for t in ids])
+    view = graph.model_copy()
+    view.set_results(
+        {t: item[0] for t, item in zip(ids, got, strict=True) if item is not None},
+        skipped=[
+            t for t, item in zip(ids, got, strict=True) if item is not None and item[0].skipped
+        ],
+    )
+    return view
+
+
+async def read_progress(runtime: GraphRuntime, graph_id: str) -> GraphProgress | None:
+    """Every node's status; reads one record per node."""
+    graph = await read_graph(runtime, graph_id)
+    if graph is None:
+        return None
+    statuses = {t: graph.get_status(t) or TaskStatus.Pending for t in graph.tasks}
+    if graph.protocol == LEGACY_PROTOCOL:
+        # 1.x keeps no end-of-graph record and never marks a node skipped.
+        never = graph.will_not_run()
+        ended = graph.is_terminal_failed() or graph.completed_successfully()
+        return GraphProgress(
+            graph.graph_id, statuses, frozenset(never), ended, graph.has_failures()
+        )
     end = await runtime.records.get(graph_status_blob(graph_id))
-    statuses: dict[TaskId, TaskStatus] = {}
-    skipped: set[TaskId] = set()
-    for task_id, item in zip(ids, got, strict=True):
-        if item is None:
-            statuses[task_id] = TaskStatus.Pending
-            continue
-        statuses[task_id] = item[0].status
-        if item[0].skipped:
-            skipped.add(task_id)
+    skipped = frozenset(t for t in graph.tasks if graph.is_skipped(t))
     ended = end is not None and end[0].status.finished
     failed = end is not None and end[0].failure_seen
-    return GraphProgress(graph.graph_id, statuses, frozenset(skipped), ended, failed)
+    return GraphProgress(graph.graph_id, statuses, skipped, ended, failed)
 
 
 async def recover(runtime: GraphRuntime, graph_id: str, stalled_after: timedelta) -> list[TaskId]:
     """Re-dispatch nodes that stalled; returns the ids acted on.
 
     Stalled: Scheduled, Started or Retry (past its retry time) for longer
-    than ``stalled_after``; Pending nodes whose dependencies have all
-    settled, or roots never published. Re-dispatched messages get a fresh
-    message id so duplicate detection does not drop them; the claim
-    resolves any duplicate delivery.
+    than ``stalled_after``; Pending nodes whose dependencies allow them to run,
+    or roots never published. Re-dispatched messages get a fresh message id
+    (``<task_id>:recovery:<unix time>``) so duplicate detection does not drop
+    them; the claim resolves any duplicate delivery.
     """
     graph = await runtime.load(graph_id)
     if graph is None:
@@ -84,8 +108,7 @@ async def recover(runtime: GraphRuntime, graph_id: str, stalled_after: timedelta
     now = datetime.now(UTC)
     acted: list[TaskId] = []
     for task_id in graph.tasks:
-        name = node_blob(graph_id, task_id)
-        got = await runtime.records.get(name)
+        got = await runtime.records.get(node_blob(graph_id, task_id))
         if got is None:
             continue
         record, _ = got
@@ -95,48 +118,62 @@ async def recover(runtime: GraphRuntime, graph_id: str, stalled_after: timedelta
             since = record.updated_at
             if record.status is TaskStatus.Retry and record.retry_at:
                 since = max(since, record.retry_at)
-            if now - since < stalled_after:
-                continue
-            await _redispatch(runtime, graph, task_id)
-            acted.append(task_id)
+            if now - since >= stalled_after and await redispatch(runtime, graph, task_id):
+                acted.append(task_id)
             continue
-        size = len(graph.waits_on(task_id))
-        if task_id in graph.root_ids:
-            await runtime.dispatch(graph, task_id)
+        if await _dispatch_if_ready(runtime, graph, task_id, record):
             acted.append(task_id)
-        elif size and record.all_arrived(size):
-            # Re-run the decision the last arrival should have made.
-            await runtime.repeat_decision(graph, task_id, record, size)
-            acted.append(task_id)
-    end = await runtime.records.get(graph_status_blob(graph_id))
-    callback = graph.all_failed_callback
-    if callback is not None and end is not None and end[0].status.finished:
+    callback = graph.all_failed_callback_id
+    if graph.protocol != LEGACY_PROTOCOL and callback is not None and callback not in acted:
+        # The end of the graph decides the callback; redo it if that was cut short.
+        end = await runtime.records.get(graph_status_blob(graph_id))
         got = await runtime.records.get(node_blob(graph_id, callback))
-        pending = got is not None and got[0].status is TaskStatus.Pending and not got[0].skipped
-        if pending:
-            await runtime.settle_all_failed_callback(graph, end[0].failure_seen)
-            if end[0].failure_seen:
+        ended = end is not None and end[0].status.finished
+        if ended and got is not None and graph_node.undecided(got[0]):
+            assert end is not None
+            if await runtime.end(graph, end[0].failure_seen):
                 acted.append(callback)
     return acted
 
 
-async def _redispatch(runtime: GraphRuntime, graph: TaskGraph, task_id: TaskId) -> None:
-    name = node_blob(graph.graph_id, task_id)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    message_id = f"{task_id}:recover:{stamp}"
+async def _dispatch_if_ready(
+    runtime: GraphRuntime, graph: TaskGraph, task_id: TaskId, record: NodeRecord
+) -> bool:
+    """A Pending node: dispatch it if it is ready (re-running the decision the last
+    arrival should have made); True if anything was published."""
+    if graph.protocol == LEGACY_PROTOCOL:
+        return await redispatch_ready(runtime, graph, task_id)
+    if task_id == graph.all_failed_callback_id:
+        return False  # decided by the end of the graph, below
+    if task_id in graph.root_ids:
+        await runtime.dispatch(graph, task_id)
+        return True
+    waiting = waiting_of(graph, task_id)
+    if graph_node.decision_for(record, waiting) is Decision.NONE:
+        return False
+    await runtime.reconsider(graph, task_id, record)
+    return graph_node.decision_for(record, waiting) is Decision.DISPATCH
 
-    def reset(rec: NodeRecord) -> NodeRecord | None:
-        if rec.status.finished or rec.skipped:
-            return None
-        rec.status = TaskStatus.Scheduled
-        rec.claimed_by = None
-        rec.expected_message_id = None
-        return rec
 
-    record = await runtime.records.update(name, reset)
+def recovery_message_id(task_id: str, action: str = "recovery") -> str:
+    """``<task_id>:<action>:<unix time>``: a fresh id duplicate detection will not drop."""
+    return f"{task_id}:{action}:{int(time.time())}"
+
+
+async def redispatch(
+    runtime: GraphRuntime, graph: TaskGraph, task_id: TaskId, action: str = "recovery"
+) -> bool:
+    """Reset a stalled node to Scheduled, unclaimed, and publish it again under a fresh
+    message id; False if it had meanwhile finished or been skipped."""
+    step = Step(lambda rec: graph_node.reset(rec, rerun_failed=False, reset_attempts=False))
+    record = await runtime.records.update(node_blob(graph.graph_id, task_id), step)
     if record is None or record.status is not TaskStatus.Scheduled:
-        return
+        return False
+    message_id = recovery_message_id(task_id, action)
     task = graph.task(task_id).model_copy(deep=True)
     task.attempts.attempts = record.attempt
-    await runtime.publisher.publish([Publication(task, message_id=message_id)], FOLLOW_UP_ATTEMPTS)
+    await runtime.publisher.publish(
+        [runtime.publication(graph, task_id, message_id, task)], FOLLOW_UP_ATTEMPTS
+    )
     logger.warning("Recovered graph %s task %s as message %s", graph.graph_id, task_id, message_id)
+    return True

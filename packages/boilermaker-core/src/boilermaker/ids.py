@@ -16,6 +16,10 @@ from typing import NewType
 TaskId = NewType("TaskId", str)
 GraphId = NewType("GraphId", str)
 
+#: The id of a task that was never given one (the published library's registration
+#: prototypes); publishing a task with it is refused.
+NullTaskId = TaskId("00000000-0000-0000-0000-000000000000")
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0

@@ -39,6 +39,8 @@ class Publication:
     task: Task
     delay: float = 0.0
     message_id: str | None = None
+    #: Send the task wrapped, so 1.x workers refuse it (nodes of 2.x graphs).
+    wrapped: bool = False
 
 
 def batches_by_size(messages: Sequence[OutgoingMessage], limit: int) -> list[list[OutgoingMessage]]:
@@ -97,7 +99,7 @@ class Publisher:
             properties["boilermaker_graph_id"] = str(task.graph_id)
         self.tracing.inject(task, properties, span)
         check_chain_arguments(task)
-        body = encode_task(task)
+        body = encode_task(task, wrapped=item.wrapped)
         limit = self.broker.max_message_size
         size = len(body) + MESSAGE_OVERHEAD
         if size > limit:

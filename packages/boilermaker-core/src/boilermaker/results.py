@@ -21,11 +21,15 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from boilermaker.ids import GraphId, TaskId
-from boilermaker.results_store import BlobExists, PreconditionFailed, ResultsStore
+from boilermaker.results_store import BlobExists, LeaseConflict, PreconditionFailed, ResultsStore
 from boilermaker.task.status import TaskResult, TaskStatus
 
 PREFIX = "task-results"
+
+#: Pause after the n-th lost compare-and-swap in a row (seconds; the last repeats). The
+#: first retries are immediate; a blob held under a lease (a 1.x worker dispatching
+#: the node) is waited out without hammering the store.
+CONFLICT_BACKOFF = (0.0, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 #: Arrival codes: one character per edge in a record's ``arrivals``.
 NOT_YET, SUCCEEDED, FAILED, SKIPPED = ".", "s", "f", "k"
@@ -116,6 +120,7 @@ def tags_for(record: TaskResult, created: datetime | None = None) -> dict[str, s
 def encode_record(record: NodeRecord) -> bytes:
     """JSON bytes of a record; raises TypeError/ValueError if its result is not JSON."""
     doc = record.model_dump(mode="json")
+    doc["etag"] = None  # the ETag is the blob's, not part of what is stored
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -131,9 +136,11 @@ class Records:
         if blob is None:
             return None
         try:
-            return NodeRecord.model_validate_json(blob.data), blob.etag
+            record = NodeRecord.model_validate_json(blob.data)
         except ValidationError as exc:
             raise ValueError(f"record {name} is not a valid task record: {exc}") from None
+        record.etag = blob.etag
+        return record, blob.etag
 
     async def create(self, name: str, record: NodeRecord) -> bool:
         """Write a record only if none exists; False if one was already there."""
@@ -159,7 +166,10 @@ class Records:
         """Read-modify-write until it sticks. ``mutate`` returns None to leave it as is.
 
         Returns the record as last written or read, or None if it does not exist.
+        A write refused because the blob is leased (a 1.x worker dispatching the
+        node holds it for a moment) is retried like a lost compare-and-swap.
         """
+        conflicts = 0
         while True:
             got = await self.get(name)
             if got is None:
@@ -170,7 +180,11 @@ class Records:
                 return record
             try:
                 await self.put(name, changed, if_match=etag)
-            except PreconditionFailed:
+            except (PreconditionFailed, LeaseConflict):
+                pause = CONFLICT_BACKOFF[min(conflicts, len(CONFLICT_BACKOFF) - 1)]
+                conflicts += 1
+                if pause:
+                    await asyncio.sleep(pause)
                 continue
             return changed
 
@@ -235,8 +249,3 @@ def result_value(value: Any) -> Any:
     """Check that a task's return value can be stored as JSON; returns it unchanged."""
     json.dumps(value, allow_nan=False)
     return value
-
-
-def new_record(task_id: TaskId, graph_id: GraphId | None, status: TaskStatus) -> NodeRecord:
-    """A fresh record."""
-    return NodeRecord(task_id=task_id, graph_id=graph_id, status=status)

@@ -70,10 +70,26 @@ class RetryPolicy(BaseModel):
         """Whether a task that has run ``attempts_made`` times may run again."""
         return attempts_made < self.max_tries
 
+    def __eq__(self, other: object) -> bool:
+        """Policies are equal when their settings are (``NoRetry()`` included)."""
+        if not isinstance(other, RetryPolicy):
+            return NotImplemented
+        return (self.max_tries, self.delay, self.delay_max, self.retry_mode) == (
+            other.max_tries,
+            other.delay,
+            other.delay_max,
+            other.retry_mode,
+        )
 
-def NoRetry() -> RetryPolicy:
-    """A policy of a single try (the published library's ``NoRetry()``)."""
-    return RetryPolicy.no_retry()
+    def __hash__(self) -> int:
+        return hash((self.max_tries, self.delay, self.delay_max, int(self.retry_mode)))
+
+
+class NoRetry(RetryPolicy):
+    """A policy of a single try: any failure is final (equal to ``RetryPolicy.no_retry()``)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_tries=1, delay=0, delay_max=0, retry_mode=RetryMode.Fixed)
 
 
 class RetryAttempts(BaseModel):
@@ -84,10 +100,15 @@ class RetryAttempts(BaseModel):
     attempts: int = Field(default=0, ge=0)
     last_retry: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
-    def inc(self) -> RetryAttempts:
-        """Count one more start (mutates and returns self)."""
+    @classmethod
+    def default(cls) -> RetryAttempts:
+        """No attempts yet."""
+        return cls()
+
+    def inc(self, when: datetime | None = None) -> RetryAttempts:
+        """Count one more start at ``when`` (now by default); mutates and returns self."""
         self.attempts += 1
-        self.last_retry = datetime.now(UTC)
+        self.last_retry = when if when is not None else datetime.now(UTC)
         return self
 
 

@@ -64,9 +64,9 @@ class NodeView:
 
 
 def _role(graph: TaskGraph, task_id: str) -> str:
-    if task_id == graph.all_failed_callback:
+    if task_id == graph.all_failed_callback_id:
         return "all-failed"
-    if task_id in graph.failure_parent:
+    if graph.is_handler(TaskId(task_id)):
         return "on-failure"
     if task_id in graph.root_ids:
         return "root"
@@ -80,7 +80,7 @@ async def read_graph(
     blob = await store.read(graph_blob(graph_id))
     if blob is None:
         return None
-    structure = TaskGraph.model_validate_json(blob.data)
+    structure = TaskGraph.from_stored(blob.data)
     records = Records(store)
     semaphore = asyncio.Semaphore(READ_CONCURRENCY)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from boilermaker import graph_node
 from boilermaker.broker import (
     Broker,
     BrokerError,
@@ -42,9 +43,10 @@ from boilermaker.dead_letters.reports import (
     _outcome,
     _Settled,
 )
-from boilermaker.envelope import decode_task, encode_task
+from boilermaker.envelope import decode_task, encode_task, is_wrapped
 from boilermaker.graph_dispatch import GraphRuntime
-from boilermaker.results import NodeRecord, node_blob
+from boilermaker.graph_node import Step
+from boilermaker.results import node_blob
 from boilermaker.retries import RetryAttempts
 from boilermaker.task.status import TaskStatus
 
@@ -262,7 +264,7 @@ class DeadLetterQueue:
         if reset_attempts and letter.task is not None:
             task = decode_task(body)
             task.attempts = RetryAttempts()
-            body = encode_task(task)
+            body = encode_task(task, wrapped=is_wrapped(body))
         return OutgoingMessage(
             body=body,
             message_id=self._replay_message_id(letter),
@@ -315,28 +317,14 @@ class DeadLetterQueue:
         if task is None or not task.graph_id or self.graphs is None:
             return None
         name = node_blob(task.graph_id, task.task_id)
-        previous: list[TaskStatus] = []
-
-        def reset(record: NodeRecord) -> NodeRecord | None:
-            previous.append(record.status)
-            if record.status is TaskStatus.Success or record.skipped:
-                return None
-            record.status = TaskStatus.Scheduled
-            record.claimed_by = None
-            record.expected_message_id = None
-            record.retry_at = None
-            record.result = None
-            record.errors = None
-            record.formatted_exception = None
-            if reset_attempts:
-                record.attempt = 0
-            return record
-
-        await self.graphs.records.update(name, reset)
-        if previous and previous[-1] is TaskStatus.Success:
+        step = Step(
+            lambda rec: graph_node.reset(rec, rerun_failed=True, reset_attempts=reset_attempts)
+        )
+        await self.graphs.records.update(name, step)
+        if step.value is TaskStatus.Success:
             return "graph node had already succeeded: only its continuation runs again"
-        if previous:
-            return f"graph node reset from {previous[-1].value} to scheduled"
+        if step.value is not None:
+            return f"graph node reset from {step.value.value} to scheduled"
         return None
 
     # -- purge ----------------------------------------------------------------------------

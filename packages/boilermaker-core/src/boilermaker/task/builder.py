@@ -1,90 +1,147 @@
-"""Building task graphs fluently, with every malformed wiring rejected at ``build()``.
+"""Building task graphs fluently, with the published library's cursor rules.
 
-The cursor (the tasks ``then`` attaches to) moves with ``add``, ``parallel``,
-``then``, ``sequence`` and ``add_chain``; ``on_failure`` and ``on_all_failed``
-attach handlers without moving it, so the seed's
-``add(fetch).on_failure(fetch.task_id, cleanup).then(process)`` makes
-``process`` depend on ``fetch``.
+The builder keeps a cursor: the task(s) added last. A call that leaves
+``depends_on`` out (the :data:`LAST_ADDED` default) depends on the cursor:
+
+- ``add(t)``: after the cursor (a root if it is empty); cursor ``[t]``.
+- ``add(t, depends_on=None)``: an explicit root; cursor ``[t]``.
+- ``add(t, depends_on=[a, "id", chain])``: after those (a chain means its last
+  task); cursor ``[t]``.
+- ``parallel(t1, t2)``: each after the cursor (``depends_on=None``: roots);
+  cursor ``[t1, t2]``.
+- ``then(t)``: after the cursor (an error when it is empty); cursor ``[t]``.
+- ``sequence(a, b, c)``: ``add(a)``, ``then(b)``, ``then(c)``; cursor ``[c]``.
+- ``add_chain(chain)``: the head after the cursor, each other task after the
+  one before; cursor ``[chain.last]``. With ``depends_on=[...]``: the head
+  after those. With ``depends_on=None``: the head is a root and
+  ``chain.last`` is *appended* to the cursor.
+
+So ``add(a).add(b)`` makes ``b`` depend on ``a``, ``add(a).parallel(b, c).then(d)``
+is a diamond, and two ``add_chain(..., depends_on=None)`` calls followed by
+``then(join)`` join both chains. ``on_failure`` (the method, as in the seed's
+``add(fetch).on_failure(fetch.task_id, cleanup).then(process)``) and
+``on_all_failed`` attach handlers without moving the cursor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Self
+from typing import Self, TypeAlias
 
 from boilermaker.exceptions import GraphBuildError
 from boilermaker.ids import GraphId, TaskId, new_graph_id
 from boilermaker.task.graph import TaskGraph
 from boilermaker.task.task import Task, TaskChain
 
-Dependency = Task | TaskId | str
-Dependencies = Dependency | Sequence[Dependency] | None
+
+class _LastAdded:
+    """The "depend on the cursor" default of ``depends_on`` (a singleton)."""
+
+    _instance: _LastAdded | None = None
+
+    def __new__(cls) -> _LastAdded:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "LAST_ADDED"
 
 
-def _ids(deps: Dependencies) -> list[TaskId]:
-    if deps is None:
-        return []
-    if isinstance(deps, Task | str):
-        deps = [deps]
-    out: list[TaskId] = []
-    for dep in deps:
-        if isinstance(dep, Task):
-            out.append(dep.task_id)
-        elif isinstance(dep, str):
-            out.append(TaskId(dep))
-        else:
-            raise GraphBuildError(f"depends_on takes tasks or task ids, not {type(dep).__name__}")
-    return out
+#: ``depends_on=LAST_ADDED`` (the default): depend on the task(s) added last.
+LAST_ADDED = _LastAdded()
+LastAddedSingleton: TypeAlias = _LastAdded
+
+Dependency = Task | TaskChain | TaskId | str
+Dependencies = Dependency | Sequence[Dependency] | None | _LastAdded
 
 
 class TaskGraphBuilder:
-    """Fluent construction of a :class:`TaskGraph`."""
+    """Fluent construction of a :class:`TaskGraph` (rules in the module docstring).
+
+    Mistakes that can be seen at once (an unknown dependency, a task added
+    twice) raise ``ValueError`` (:class:`GraphBuildError`) at the call;
+    ``build()`` checks the whole wiring.
+    """
 
     def __init__(self, graph_id: GraphId | None = None) -> None:
         self._graph_id = graph_id or new_graph_id()
         self._tasks: dict[TaskId, Task] = {}
         self._parents: dict[TaskId, list[TaskId]] = {}
-        self._failure_callbacks: dict[TaskId, TaskId] = {}
-        self._all_failed: TaskId | None = None
+        self._handlers: dict[TaskId, Task] = {}
+        self._failure_edges: list[tuple[TaskId, TaskId]] = []
+        self._all_failed: Task | None = None
         self._cursor: list[TaskId] = []
-        self._errors: list[str] = []
 
     # -- adding tasks -----------------------------------------------------------------
 
-    def _register(self, task: Task, what: str) -> None:
+    def _known(self, task_id: TaskId) -> bool:
+        return task_id in self._tasks
+
+    def _resolve(self, depends_on: Dependencies) -> list[TaskId]:
+        """The parents named by ``depends_on`` (the cursor for LAST_ADDED)."""
+        if depends_on is LAST_ADDED:
+            return list(self._cursor)
+        if depends_on is None:
+            return []
+        single = isinstance(depends_on, Task | TaskChain | str)
+        items: Sequence[object] = [depends_on] if single else list(depends_on)  # type: ignore[arg-type]
+        out: list[TaskId] = []
+        for dep in items:
+            if isinstance(dep, TaskChain):
+                dep_id = dep.last.task_id
+            elif isinstance(dep, Task):
+                dep_id = dep.task_id
+            elif isinstance(dep, str):
+                dep_id = TaskId(dep)
+            else:
+                raise GraphBuildError(
+                    f"depends_on takes tasks, task ids or chains, not {type(dep).__name__}"
+                )
+            if not self._known(dep_id):
+                raise GraphBuildError(
+                    f"task {dep_id!r} in depends_on is not in this graph; add it first"
+                )
+            if dep_id not in out:
+                out.append(dep_id)
+        return out
+
+    def _register(self, task: Task, parents: list[TaskId], on_failure: Task | None) -> None:
         if not isinstance(task, Task):
-            raise GraphBuildError(f"{what} takes a Task, not {type(task).__name__}")
-        if task.task_id in self._tasks:
-            self._errors.append(f"duplicate task id {task.task_id} ({task.function_name})")
-            return
-        if task.on_success is not None or task.on_failure is not None:
-            self._errors.append(
-                f"task {task.task_id} ({task.function_name}) carries on_success/on_failure; "
-                "in a graph, wire dependencies with depends_on/then/on_failure instead"
+            raise GraphBuildError(f"a graph holds Tasks, not {type(task).__name__}")
+        if task.task_id in self._tasks or task.task_id in self._handlers:
+            raise GraphBuildError(
+                f"task {task.task_id!r} ({task.function_name}) was already added to this "
+                "graph; each task can appear once (make another with Task.si(...))"
             )
         self._tasks[task.task_id] = task
-
-    def add(
-        self, task: Task, depends_on: Dependencies = None, on_failure: Task | None = None
-    ) -> Self:
-        """Add ``task``, running after everything in ``depends_on`` succeeded."""
-        self._register(task, "add()")
-        self._parents.setdefault(task.task_id, []).extend(_ids(depends_on))
+        self._parents[task.task_id] = list(parents)
         if on_failure is not None:
             self.on_failure(task.task_id, on_failure)
+
+    def add(
+        self,
+        task: Task,
+        *,
+        depends_on: Dependencies = LAST_ADDED,
+        on_failure: Task | None = None,
+    ) -> Self:
+        """Add ``task`` after ``depends_on`` (default: the cursor); it becomes the cursor."""
+        self._register(task, self._resolve(depends_on), on_failure)
         self._cursor = [task.task_id]
         return self
 
     def parallel(
         self,
         *tasks: Task | Iterable[Task],
-        depends_on: Dependencies = None,
+        depends_on: Dependencies = LAST_ADDED,
         on_failure: Task | None = None,
     ) -> Self:
-        """Add tasks that may run at the same time, each after ``depends_on``.
+        """Add tasks that may run at the same time, each after ``depends_on`` (default:
+        the cursor); together they become the cursor.
 
-        ``on_failure`` here is a single handler that cannot serve several tasks:
-        pass one per task with :meth:`on_failure` instead.
+        ``on_failure`` is one handler shared by all of them: it runs once, when
+        the first of them fails.
         """
         flat: list[Task] = []
         for item in tasks:
@@ -94,164 +151,103 @@ class TaskGraphBuilder:
                 flat.extend(item)
         if not flat:
             raise GraphBuildError("parallel() needs at least one task")
-        if on_failure is not None and len(flat) > 1:
-            raise GraphBuildError(
-                "parallel(on_failure=...) would share one handler between several tasks; "
-                "attach a handler per task with on_failure(task_id, handler)"
-            )
-        deps = _ids(depends_on)
+        parents = self._resolve(depends_on)
         for task in flat:
-            self._register(task, "parallel()")
-            self._parents.setdefault(task.task_id, []).extend(deps)
-        if on_failure is not None:
-            self.on_failure(flat[0].task_id, on_failure)
+            self._register(task, parents, on_failure)
         self._cursor = [task.task_id for task in flat]
         return self
 
-    def then(self, task: Task, on_failure: Task | None = None) -> Self:
+    def then(self, task: Task, *, on_failure: Task | None = None) -> Self:
         """Add ``task`` after every task at the cursor (a fan-in when there are several)."""
         if not self._cursor:
             raise GraphBuildError("then() needs a task before it: start with add() or parallel()")
-        return self.add(task, depends_on=list(self._cursor), on_failure=on_failure)
+        return self.add(task, on_failure=on_failure)
 
     def sequence(self, *tasks: Task) -> Self:
-        """Add tasks one after another; the first runs after the cursor if there is one."""
+        """``add`` the first task (after the cursor, if any), then ``then`` each other."""
         if not tasks:
-            raise GraphBuildError("sequence() needs at least one task")
+            return self
         first, *rest = tasks
-        if self._cursor:
-            self.then(first)
-        else:
-            self.add(first)
+        self.add(first)
         for task in rest:
             self.then(task)
         return self
 
-    def add_chain(self, chain: TaskChain, depends_on: Dependencies = None) -> Self:
-        """Add a :class:`TaskChain`; its head runs after ``depends_on``."""
+    def add_chain(self, chain: TaskChain, *, depends_on: Dependencies = LAST_ADDED) -> Self:
+        """Add a :class:`TaskChain`: its head after ``depends_on``, each other task after
+        the one before. ``depends_on=None`` makes an independent chain and *adds* its
+        last task to the cursor (so the next ``then`` joins it with what came before);
+        otherwise its last task becomes the cursor. The chain's ``on_any_failure``
+        handler serves every task of the chain."""
         if not isinstance(chain, TaskChain):
             raise GraphBuildError(f"add_chain() takes a TaskChain, not {type(chain).__name__}")
-        self.add(chain.head, depends_on=depends_on)
-        for task in chain.tasks[1:]:
-            self.then(task)
-        if chain.on_failure is not None:
-            self.on_failure(chain.last.task_id, chain.on_failure)
+        parents = self._resolve(depends_on)
+        previous: TaskId | None = None
+        for task in chain:
+            self._register(task, parents if previous is None else [previous], chain.on_any_failure)
+            previous = task.task_id
+        if depends_on is None:
+            self._cursor.append(chain.last.task_id)
+        else:
+            self._cursor = [chain.last.task_id]
         return self
 
     def on_failure(self, task_id: TaskId | str | Task, callback: Task) -> Self:
-        """Run ``callback`` if ``task_id`` fails (after its retries). The cursor does not move."""
+        """Run ``callback`` if ``task_id`` fails (after its retries). The same callback
+        may serve several tasks: it then runs once, at the first failure. The cursor
+        does not move."""
         target = task_id.task_id if isinstance(task_id, Task) else TaskId(task_id)
-        if target in self._failure_callbacks:
-            self._errors.append(f"task {target} already has a failure handler")
-            return self
-        self._register(callback, "on_failure()")
-        self._parents.setdefault(callback.task_id, [])
-        self._failure_callbacks[target] = callback.task_id
+        if not self._known(target):
+            raise GraphBuildError(f"on_failure() names task {target!r}, which is not in this graph")
+        if not isinstance(callback, Task):
+            raise GraphBuildError(f"on_failure() takes a Task, not {type(callback).__name__}")
+        known = self._handlers.get(callback.task_id)
+        if known is None:
+            if callback.task_id in self._tasks or (
+                self._all_failed is not None and self._all_failed.task_id == callback.task_id
+            ):
+                raise GraphBuildError(
+                    f"task {callback.task_id!r} ({callback.function_name}) is already in this "
+                    "graph as a task; a failure handler must be a task of its own"
+                )
+            self._handlers[callback.task_id] = callback
+        if (target, callback.task_id) not in self._failure_edges:
+            self._failure_edges.append((target, callback.task_id))
         return self
 
     def on_all_failed(self, task: Task) -> Self:
-        """Run ``task`` once, when the graph has ended and any task in it failed."""
+        """Run ``task`` once, when the graph has ended and anything in it failed."""
         if self._all_failed is not None:
             raise GraphBuildError("the graph already has an all-failed callback")
-        self._register(task, "on_all_failed()")
-        self._parents.setdefault(task.task_id, [])
-        self._all_failed = task.task_id
+        if not isinstance(task, Task):
+            raise GraphBuildError(f"on_all_failed() takes a Task, not {type(task).__name__}")
+        self._all_failed = task
         return self
 
     # -- validation ---------------------------------------------------------------------
 
     def build(self, on_all_failed: Task | None = None) -> TaskGraph:
-        """Validate and return the graph.
+        """Validate and return the graph (see :meth:`TaskGraph.check` for what is refused).
 
-        Rejects: an empty graph, duplicate ids, unknown dependencies, cycles,
-        a task wired to both a task and that task's failure handler (it could
-        never run), a handler serving several tasks, a handler that also has
-        dependencies, anything depending on the all-failed callback.
+        Tasks carrying ``on_success`` / ``on_failure`` (chained with ``>>``) bring
+        those along as a child and a failure handler. Every task is stamped with
+        the graph id, the caller's objects included, so ``get_result(task)``
+        finds graph records.
         """
         if on_all_failed is not None:
-            self.on_all_failed(on_all_failed)
-        errors = list(self._errors)
-        handlers = set(self._failure_callbacks.values())
-        if not self._tasks:
-            raise GraphBuildError("a graph needs at least one task")
-        if all(t in handlers or t == self._all_failed for t in self._tasks):
-            raise GraphBuildError("a graph needs at least one task besides its failure handlers")
-        for target, handler in self._failure_callbacks.items():
-            if target not in self._tasks:
-                errors.append(f"on_failure() names unknown task {target}")
-            if target == handler:
-                errors.append(f"task {target} cannot be its own failure handler")
-            if handler == self._all_failed:
-                errors.append(f"task {handler} cannot be both a failure handler and all-failed")
-        for task_id, parents in self._parents.items():
-            seen: set[TaskId] = set()
-            for parent in parents:
-                if parent not in self._tasks:
-                    errors.append(f"task {task_id} depends on unknown task {parent}")
-                if parent == task_id:
-                    errors.append(f"task {task_id} depends on itself")
-                if parent in seen:
-                    errors.append(f"task {task_id} lists dependency {parent} twice")
-                seen.add(parent)
-                if parent == self._all_failed:
-                    errors.append(
-                        f"task {task_id} depends on the all-failed callback, which runs "
-                        "only after the graph has ended"
-                    )
-            if task_id in handlers and parents:
-                errors.append(
-                    f"failure handler {task_id} also depends on {parents}; a handler runs "
-                    "only when its task fails"
+            if self._all_failed is not None:
+                raise GraphBuildError(
+                    "on_all_failed set both with the method and as build()'s argument; use one"
                 )
-            if task_id == self._all_failed and parents:
-                errors.append("the all-failed callback cannot depend on other tasks")
-            for parent in parents:
-                if self._failure_callbacks.get(parent) in seen:
-                    errors.append(
-                        f"task {task_id} depends on {parent} and on its failure handler; "
-                        "it could never run"
-                    )
-        if errors:
-            raise GraphBuildError("invalid task graph: " + "; ".join(dict.fromkeys(errors)))
-        children: dict[TaskId, list[TaskId]] = {}
-        for task_id, parents in self._parents.items():
-            for parent in parents:
-                children.setdefault(parent, []).append(task_id)
-        self._check_acyclic(children)
-        # Stamp the caller's own tasks too, so get_result(task) finds graph records.
-        for task in self._tasks.values():
-            task.graph_id = self._graph_id
-        tasks = {
-            task_id: task.model_copy(update={"graph_id": self._graph_id})
-            for task_id, task in self._tasks.items()
-        }
-        return TaskGraph(
-            graph_id=self._graph_id,
-            tasks=tasks,
-            children=children,
-            failure_callbacks=dict(self._failure_callbacks),
-            all_failed_callback=self._all_failed,
-        )
-
-    def _check_acyclic(self, children: dict[TaskId, list[TaskId]]) -> None:
-        """Kahn's algorithm over success edges and failure-handler edges."""
-        edges: dict[TaskId, list[TaskId]] = {t: list(children.get(t, [])) for t in self._tasks}
-        for target, handler in self._failure_callbacks.items():
-            edges[target].append(handler)
-        indegree = dict.fromkeys(self._tasks, 0)
-        for kids in edges.values():
-            for kid in kids:
-                indegree[kid] += 1
-        ready = [t for t, d in indegree.items() if d == 0]
-        visited = 0
-        while ready:
-            node = ready.pop()
-            visited += 1
-            for kid in edges[node]:
-                indegree[kid] -= 1
-                if indegree[kid] == 0:
-                    ready.append(kid)
-        if visited != len(self._tasks):
-            stuck = sorted(t for t, d in indegree.items() if d > 0)
-            names = ", ".join(f"{t} ({self._tasks[t].function_name})" for t in stuck[:5])
-            raise GraphBuildError(f"invalid task graph: cycle among {names}")
+            self.on_all_failed(on_all_failed)
+        if not self._tasks:
+            raise GraphBuildError("a graph needs at least one task: add() one before build()")
+        graph = TaskGraph(graph_id=self._graph_id)
+        for task_id, task in self._tasks.items():
+            graph.add_task(task, parent_ids=self._parents[task_id])
+        for target, handler in self._failure_edges:
+            graph.add_failure_callback(target, self._handlers[handler])
+        if self._all_failed is not None:
+            graph.add_all_failed_callback(self._all_failed)
+        graph.check()
+        return graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +22,11 @@ class TaskStatus(enum.StrEnum):
     Retry = "retry"
     RetriesExhausted = "retries_exhausted"
     Deadlettered = "deadlettered"
+
+    @classmethod
+    def default(cls) -> TaskStatus:
+        """``Pending``: where every task starts."""
+        return cls.Pending
 
     @classmethod
     def finished_types(cls) -> frozenset[TaskStatus]:
@@ -60,13 +66,48 @@ _FAILED = _FINISHED - {TaskStatus.Success}
 
 
 class TaskResultSlim(BaseModel):
-    """A task's status without its return value."""
+    """A task's status without its return value.
+
+    ``etag`` is the blob ETag the record was read at (readers set it; it is
+    stored as null).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
+    etag: str | None = None
     task_id: TaskId
     graph_id: GraphId | None = None
     status: TaskStatus
+
+    @classmethod
+    def default(cls, task_id: TaskId, graph_id: GraphId | None = None) -> TaskResultSlim:
+        """A Pending record."""
+        return cls(task_id=task_id, graph_id=graph_id, status=TaskStatus.default())
+
+    @property
+    def directory_path(self) -> Path:
+        """The record's folder under ``task-results/``: the graph id, else the task id."""
+        return Path(str(self.graph_id or self.task_id))
+
+    @property
+    def storage_path(self) -> Path:
+        """The record's path under ``task-results/``: ``{directory}/{task_id}.json``."""
+        return self.directory_path / f"{self.task_id}.json"
+
+    @property
+    def finished(self) -> bool:
+        """True once the task will never run again."""
+        return self.status.finished
+
+    @property
+    def succeeded(self) -> bool:
+        """True for ``Success`` only."""
+        return self.status.succeeded
+
+    @property
+    def failed(self) -> bool:
+        """True for every finished status other than ``Success``."""
+        return self.status.failed
 
 
 class TaskResult(TaskResultSlim):

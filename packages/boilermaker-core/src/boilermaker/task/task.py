@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from boilermaker.ids import GraphId, TaskId, new_task_id
 from boilermaker.retries import RetryAttempts, RetryPolicy
 from boilermaker.task.serialize import check_arguments
+
+
+class FunctionOptions(BaseModel):
+    """What a registration says about a function's tasks (the single source for them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: RetryPolicy
+    should_dead_letter: bool
+    acks_late: bool
+
+
+#: Registration options of every registered function object, so that ``Task.si(fn)``
+#: (which has no application at hand) creates tasks as registered. Weak keys: a
+#: registration does not keep a function alive.
+_REGISTERED: WeakKeyDictionary[Any, FunctionOptions] = WeakKeyDictionary()
+
+
+def remember_registration(fn: Callable[..., Any], options: FunctionOptions) -> None:
+    """Record ``fn``'s registration options (called by the registry)."""
+    try:
+        _REGISTERED[fn] = options
+    except TypeError:
+        pass  # an object that cannot be weakly referenced: Task.si uses the defaults
+
+
+def registered_options(fn: Callable[..., Any] | str) -> FunctionOptions | None:
+    """The options ``fn`` was registered with, if it was (by object, not by name)."""
+    if isinstance(fn, str):
+        return None
+    try:
+        return _REGISTERED.get(fn)
+    except TypeError:
+        return None
 
 
 def function_name_of(fn: Callable[..., Any] | str) -> str:
@@ -63,21 +99,44 @@ class Task(BaseModel):
         cls,
         fn: Callable[..., Any] | str,
         *fn_args: Any,
-        should_dead_letter: bool = True,
-        acks_late: bool = True,
+        should_dead_letter: bool | None = None,
+        acks_late: bool | None = None,
         policy: RetryPolicy | None = None,
         **fn_kwargs: Any,
     ) -> Task:
-        """An immutable signature: ``fn`` with these arguments, checked to be JSON."""
+        """An immutable signature: ``fn`` with these arguments, checked to be JSON.
+
+        Options left out come from ``fn``'s registration (``register_async(fn,
+        policy=..., acks_late=..., should_dead_letter=...)``), else the defaults
+        (``RetryPolicy.default()``, dead-lettering on, acks late). A function
+        registered with several applications uses its latest registration.
+        """
         name = function_name_of(fn)
         check_arguments(name, fn_args, fn_kwargs)
+        registered = registered_options(fn)
+        if policy is None:
+            policy = registered.policy if registered else RetryPolicy.default()
+        if should_dead_letter is None:
+            should_dead_letter = registered.should_dead_letter if registered else True
+        if acks_late is None:
+            acks_late = registered.acks_late if registered else True
         return cls(
             function_name=name,
             should_dead_letter=should_dead_letter,
             acks_late=acks_late,
-            policy=policy if policy is not None else RetryPolicy.default(),
+            policy=policy,
             payload={"args": list(fn_args), "kwargs": dict(fn_kwargs)},
         )
+
+    @classmethod
+    def default(cls, function_name: str, **fields: Any) -> Task:
+        """A task for ``function_name`` with the default policy; ``fields`` set any
+        other field (``payload`` may omit ``args`` or ``kwargs``)."""
+        payload = dict(fields.pop("payload", None) or {})
+        payload.setdefault("args", [])
+        payload.setdefault("kwargs", {})
+        fields.setdefault("policy", RetryPolicy.default())
+        return cls(function_name=function_name, payload=payload, **fields)
 
     @property
     def args(self) -> list[Any]:
@@ -90,13 +149,32 @@ class Task(BaseModel):
         return dict(self.payload.get("kwargs", {}))
 
     @property
+    def acks_early(self) -> bool:
+        """True when the message is settled before the task runs (at most once)."""
+        return not self.acks_late
+
+    @property
     def can_retry(self) -> bool:
         """Whether the task may run again after its attempts so far."""
         return self.policy.can_retry(self.attempts.attempts)
 
+    @property
+    def retry_task_id(self) -> str:
+        """The message id of this task's next attempt: ``<task_id>:<attempt>``."""
+        return f"{self.task_id}:{self.attempts.attempts + 1}"
+
     def get_next_delay(self) -> int:
-        """Seconds to wait before the next attempt, from the policy."""
+        """Seconds to wait before the next attempt, from the policy (the one formula
+        the worker uses)."""
         return self.policy.get_delay_interval(max(0, self.attempts.attempts - 1))
+
+    def mark_published(self, sequence_number: int | None) -> None:
+        """Record the sequence number the broker gave the published message."""
+        self.sequence_number = sequence_number
+
+    def record_attempt(self) -> RetryAttempts:
+        """Count one more run, now; returns the attempts."""
+        return self.attempts.inc(datetime.now(UTC))
 
     def __rshift__(self, other: Task) -> Task:
         self.on_success = other
@@ -116,13 +194,20 @@ class Task(BaseModel):
 
 
 class TaskChain:
-    """Tasks that run one after another; usable in a graph via ``add_chain``."""
+    """Tasks that run one after another, as one unit for ``TaskGraphBuilder.add_chain``.
 
-    def __init__(self, *tasks: Task, on_failure: Task | None = None) -> None:
+    ``on_any_failure`` is one handler for the whole chain: it runs once, when
+    the first task of the chain fails.
+    """
+
+    def __init__(self, *tasks: Task, on_any_failure: Task | None = None) -> None:
         if not tasks:
             raise ValueError("a TaskChain needs at least one task")
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise TypeError(f"a TaskChain holds Tasks, not {type(task).__name__}")
         self.tasks: list[Task] = list(tasks)
-        self.on_failure = on_failure
+        self.on_any_failure = on_any_failure
 
     @property
     def head(self) -> Task:
@@ -131,7 +216,7 @@ class TaskChain:
 
     @property
     def last(self) -> Task:
-        """The last task of the chain."""
+        """The last task of the chain (depend on it to wait for the whole chain)."""
         return self.tasks[-1]
 
     def __iter__(self) -> Iterator[Task]:
@@ -139,3 +224,23 @@ class TaskChain:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+
+_TASK_FIELDS = frozenset(Task.model_fields)
+_NESTED_FIELDS = {
+    "policy": frozenset(RetryPolicy.model_fields),
+    "attempts": frozenset(RetryAttempts.model_fields),
+}
+
+
+def known_task_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """A task document without the fields this version does not know (written by a
+    newer minor version, or by 1.x), recursively through chained tasks."""
+    out = {k: v for k, v in doc.items() if k in _TASK_FIELDS and k != "sequence_number"}
+    for key, known in _NESTED_FIELDS.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k in known}
+    for key in ("on_success", "on_failure"):
+        if isinstance(out.get(key), dict):
+            out[key] = known_task_fields(out[key])
+    return out

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Span
 
 from boilermaker.broker import BrokerError, MessageLockLost, ReceivedMessage, Receiver
-from boilermaker.envelope import decode_task
+from boilermaker.envelope import decode_task, is_wrapped
 from boilermaker.exceptions import InvalidTaskFormat
 from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication
 from boilermaker.results import NodeRecord, Records, result_value, standalone_blob
@@ -239,8 +239,8 @@ class TaskRunner:
             )
             await self._failed(message, task, exhausted, label, dead_letter.PROCESSING_ERROR)
             return
-        delay = task.policy.get_delay_interval(attempts - 1)
-        retry_id = f"{task.task_id}:{attempts + 1}"
+        delay = task.get_next_delay()
+        retry_id = task.retry_task_id
         retry_task = task.model_copy(deep=True)
         retry_task.sequence_number = None
         logger.warning(
@@ -260,7 +260,9 @@ class TaskRunner:
         elif self.app.results_storage is not None:
             await self._store_standalone(task, Outcome(TaskStatus.Retry))
         await self.app.publisher.publish(
-            [Publication(retry_task, float(delay), retry_id)], FOLLOW_UP_ATTEMPTS
+            # The retry keeps the form of the message that asked for it.
+            [Publication(retry_task, float(delay), retry_id, wrapped=is_wrapped(message.body))],
+            FOLLOW_UP_ATTEMPTS,
         )
         self.stats.retried += 1
         await self._settle_if_late(task, "complete", message, label)
