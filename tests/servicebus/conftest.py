@@ -18,6 +18,7 @@ import pytest
 
 from boilermaker.emulator import ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
+from boilermaker.servicebus_publisher import ServiceBusPublisher
 
 LIVE_CONNECTION_ENV = "BOILERMAKER_LIVE_SERVICE_BUS"
 LIVE_QUEUE_ENV = "BOILERMAKER_LIVE_QUEUE"
@@ -74,15 +75,41 @@ def new_queue(servicebus_queue_factory: Callable[..., str]) -> Callable[..., str
     return servicebus_queue_factory
 
 
+#: The brokers that publish to Service Bus: the worker transport, and core's light
+#: publisher (``boilermaker-core[servicebus]``), which must behave alike when publishing.
+PUBLISHING_BROKERS: dict[str, type[AzureServiceBus] | type[ServiceBusPublisher]] = {
+    "transport": AzureServiceBus,
+    "light": ServiceBusPublisher,
+}
+
+
+@pytest.fixture(params=sorted(PUBLISHING_BROKERS))
+def publishing_broker_class(
+    request: pytest.FixtureRequest,
+) -> type[AzureServiceBus] | type[ServiceBusPublisher]:
+    """Each publishing broker class in turn (a test using it runs once per class)."""
+    return PUBLISHING_BROKERS[request.param]
+
+
+def transfers(broker: AzureServiceBus | ServiceBusPublisher) -> int:
+    """AMQP transfers (plain sends and batches) a publishing broker has made."""
+    return broker.sender.transfers if isinstance(broker, AzureServiceBus) else broker.transfers
+
+
 @pytest.fixture
 async def make_broker(
     servicebus_emulator: ServiceBusEmulator,
-) -> AsyncIterator[Callable[..., AzureServiceBus]]:
-    """Build ``AzureServiceBus`` brokers on emulator queues; all closed afterwards."""
-    brokers: list[AzureServiceBus] = []
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build brokers on emulator queues (``AzureServiceBus`` unless ``broker_class``
+    names another, such as the light publisher); all closed afterwards."""
+    brokers: list[AzureServiceBus | ServiceBusPublisher] = []
 
-    def make(queue_name: str, **kwargs: Any) -> AzureServiceBus:
-        broker = AzureServiceBus.from_connection_string(
+    def make(
+        queue_name: str,
+        broker_class: type[AzureServiceBus] | type[ServiceBusPublisher] = AzureServiceBus,
+        **kwargs: Any,
+    ) -> AzureServiceBus | ServiceBusPublisher:
+        broker = broker_class.from_connection_string(
             servicebus_emulator.connection_string, queue_name, **kwargs
         )
         brokers.append(broker)

@@ -19,14 +19,17 @@ from boilermaker.broker import (
 from boilermaker.emulator import QueueCounts, QueueSettings, ServiceBusEmulator
 from boilermaker.envelope import decode_task
 from boilermaker.service_bus import AzureServiceBus, EntityNotFound
-from tests.servicebus.conftest import sdk_leaks_dead_sockets, wrong_key
+from boilermaker.servicebus_publisher import ServiceBusPublisher
+from tests.servicebus.conftest import sdk_leaks_dead_sockets, transfers, wrong_key
+
+PublishingBroker = AzureServiceBus | ServiceBusPublisher
 
 
 async def noop(state: object, n: int = 0, blob: str = "") -> None:
     return None
 
 
-def app_for(broker: AzureServiceBus) -> Boilermaker:
+def app_for(broker: PublishingBroker) -> Boilermaker:
     app = Boilermaker({}, service_bus_client=broker)
     app.register_async(noop)
     return app
@@ -92,28 +95,33 @@ async def test_batch_publish_packs_many_tasks_into_few_transfers(
     assert servicebus_emulator.counts(queue).active == 300
 
 
+# The tests taking ``publishing_broker_class`` run on the worker transport and on
+# core's light publisher: both must batch, fail and refuse alike.
+
+
 async def test_batches_are_bounded_by_the_queues_own_size_limit(
     new_queue: Callable[..., str],
-    make_broker: Callable[..., AzureServiceBus],
+    make_broker: Callable[..., PublishingBroker],
     servicebus_emulator: ServiceBusEmulator,
+    publishing_broker_class: type[PublishingBroker],
 ) -> None:
     # The broker is configured for 256 KB; the queue takes 64 KB per transfer.
     queue = new_queue(max_message_size=64 * 1024)
-    broker = make_broker(queue)
+    broker = make_broker(queue, publishing_broker_class)
     app = app_for(broker)
     await app.apply_many(noop, [(i, "x" * 20_000) for i in range(8)])
-    assert broker.sender.transfers >= 3
+    assert transfers(broker) >= 3
     assert servicebus_emulator.counts(queue).active == 8
 
 
 async def test_wrong_key_fails_fast_and_is_not_retried(
     new_queue: Callable[..., str],
-    make_broker: Callable[..., AzureServiceBus],
     servicebus_emulator: ServiceBusEmulator,
     caplog: pytest.LogCaptureFixture,
+    publishing_broker_class: type[PublishingBroker],
 ) -> None:
     queue = new_queue()
-    broker = AzureServiceBus.from_connection_string(
+    broker = publishing_broker_class.from_connection_string(
         wrong_key(servicebus_emulator.connection_string), queue
     )
     app = app_for(broker)
@@ -137,27 +145,30 @@ async def test_wrong_key_fails_fast_and_is_not_retried(
 
 async def test_oversize_task_is_refused_before_sending(
     new_queue: Callable[..., str],
-    make_broker: Callable[..., AzureServiceBus],
+    make_broker: Callable[..., PublishingBroker],
     servicebus_emulator: ServiceBusEmulator,
+    publishing_broker_class: type[PublishingBroker],
 ) -> None:
     queue = new_queue()
-    broker = make_broker(queue)
+    broker = make_broker(queue, publishing_broker_class)
     app = app_for(broker)
     with pytest.raises(MessageTooLarge) as caught:
         await app.apply_async(noop, 1, "x" * broker.max_message_size)
     assert caught.value.limit == broker.max_message_size
-    assert broker.sender.transfers == 0
+    assert "noop" in str(caught.value)
+    assert transfers(broker) == 0
     assert servicebus_emulator.counts(queue).active == 0
 
 
 async def test_a_message_the_queue_refuses_for_size_maps_to_broker_size_exceeded(
     new_queue: Callable[..., str],
-    make_broker: Callable[..., AzureServiceBus],
+    make_broker: Callable[..., PublishingBroker],
     servicebus_emulator: ServiceBusEmulator,
+    publishing_broker_class: type[PublishingBroker],
 ) -> None:
     # Under the broker's configured 256 KB, over the queue's 64 KB.
     queue = new_queue(max_message_size=64 * 1024)
-    broker = make_broker(queue)
+    broker = make_broker(queue, publishing_broker_class)
     app = app_for(broker)
     with pytest.raises(BrokerMessageSizeExceeded):
         await broker.send([OutgoingMessage(b"x" * 100_000, "too-big")])
@@ -175,14 +186,15 @@ async def test_a_message_the_queue_refuses_for_size_maps_to_broker_size_exceeded
 @sdk_leaks_dead_sockets
 async def test_transient_connection_failures_are_retried_per_publish_attempts(
     new_queue: Callable[..., str],
-    make_broker: Callable[..., AzureServiceBus],
+    make_broker: Callable[..., PublishingBroker],
     servicebus_emulator: ServiceBusEmulator,
     caplog: pytest.LogCaptureFixture,
+    publishing_broker_class: type[PublishingBroker],
 ) -> None:
     queue = new_queue()
 
     # One attempt: the refused connection surfaces as a transient error.
-    app = app_for(make_broker(queue))
+    app = app_for(make_broker(queue, publishing_broker_class))
     servicebus_emulator.refuse_connections(0.5)
     with pytest.raises(PublishError, match=r"after 1 attempt\(s\)") as caught:
         await app.apply_async(noop, 1)
@@ -191,7 +203,7 @@ async def test_transient_connection_failures_are_retried_per_publish_attempts(
     await asyncio.sleep(0.5)  # let the refusal window close
 
     # Several attempts with backoff ride out the same window; exactly one message lands.
-    app = app_for(make_broker(queue))
+    app = app_for(make_broker(queue, publishing_broker_class))
     servicebus_emulator.refuse_connections(1.0)
     with caplog.at_level(logging.WARNING, logger="boilermaker"):
         task = await app.apply_async(noop, 2, publish_attempts=5)
@@ -202,10 +214,12 @@ async def test_transient_connection_failures_are_retried_per_publish_attempts(
     assert [m.message_id for m in peeked] == [str(task.task_id)]
 
 
-async def test_a_missing_queue_fails_at_once_and_is_not_retried() -> None:
+async def test_a_missing_queue_fails_at_once_and_is_not_retried(
+    publishing_broker_class: type[PublishingBroker],
+) -> None:
     # Azure never creates queues on first use; neither does this emulator.
     with ServiceBusEmulator(queues=[QueueSettings("present")], auto_create_queues=False) as strict:
-        broker = AzureServiceBus.from_connection_string(strict.connection_string, "absent")
+        broker = publishing_broker_class.from_connection_string(strict.connection_string, "absent")
         app = app_for(broker)
         started = time.monotonic()
         try:

@@ -1,26 +1,20 @@
-"""Converting between core's message types and the SDK's."""
+"""Converting between core's message types and the SDK's.
+
+Outgoing messages are built by core's :func:`boilermaker.servicebus_publisher.messages.to_sdk`,
+the one message format every publisher sends; it is re-exported here.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusReceivedMessage
 
-from boilermaker.broker import OutgoingMessage, ReceivedMessage
+from boilermaker.broker import ReceivedMessage
+from boilermaker.servicebus_publisher.messages import to_sdk
 
-
-def to_sdk(message: OutgoingMessage) -> ServiceBusMessage:
-    """An SDK message for an outgoing one (scheduled time included)."""
-    return ServiceBusMessage(
-        message.body,
-        message_id=message.message_id,
-        application_properties=dict(message.application_properties) or None,  # type: ignore[arg-type]
-        content_type=message.content_type,
-        correlation_id=message.correlation_id,
-        subject=message.subject,
-        scheduled_enqueue_time_utc=message.scheduled_enqueue_time,
-    )
+__all__ = ["from_sdk", "to_sdk"]
 
 
 def _text(value: Any) -> Any:

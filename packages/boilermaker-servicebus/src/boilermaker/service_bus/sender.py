@@ -18,41 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
-from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeoutError
+from azure.servicebus.exceptions import MessageSizeExceededError
 
 from boilermaker.broker import BrokerError, OutgoingMessage
 from boilermaker.service_bus.connection import ServiceBusTarget
 from boilermaker.service_bus.errors import SDK_ERRORS, as_broker_error, translate
 from boilermaker.service_bus.messages import to_sdk
+from boilermaker.servicebus_publisher.messages import batch_size_limit, group_by_schedule_time
+from boilermaker.servicebus_publisher.publisher import SEND_TIMEOUT
+from boilermaker.servicebus_publisher.publisher import bounded as _bounded
 
 logger = logging.getLogger("boilermaker.service_bus")
 
-T = TypeVar("T")
-
 #: Seconds the send driver keeps its pooled connection after the last message.
 LINGER = 1.0
-#: Per-operation timeout for a send or schedule call (seconds).
-SEND_TIMEOUT = 10.0
-#: A last-resort bound on an SDK call that never returns (its own timeout failed).
-HARD_TIMEOUT = SEND_TIMEOUT + 5.0
-#: Bytes kept free in each batch for AMQP framing the SDK does not count.
-BATCH_MARGIN = 1024
-
-
-async def _bounded(call: Awaitable[T]) -> T:
-    """Await an SDK call, giving up after HARD_TIMEOUT seconds."""
-    try:
-        async with asyncio.timeout(HARD_TIMEOUT):  # no extra task, unlike wait_for
-            return await call
-    except TimeoutError as exc:
-        raise OperationTimeoutError(message=f"no answer within {HARD_TIMEOUT}s") from exc
 
 
 class _PooledSender:
@@ -236,7 +221,7 @@ class BatchingSender:
                 for i, m in enumerate(request.messages)
                 if m.scheduled_enqueue_time is not None
             ]
-            for when, group in _group_by_time(scheduled):
+            for when, group in group_by_schedule_time(scheduled):
                 try:
                     numbers = await _bounded(
                         pooled.sender.schedule_messages(
@@ -338,21 +323,10 @@ class BatchingSender:
 
     def _batch_limit(self, sender: ServiceBusSender) -> int:
         """Batch size to ask for: the link's maximum less a safety margin for framing."""
-        link_max = getattr(sender, "_max_message_size_on_link", 0) or self.max_batch_size
-        return max(1024, min(link_max, self.max_batch_size) - BATCH_MARGIN)
+        return batch_size_limit(sender, self.max_batch_size)
 
     @staticmethod
     def _fail(requests: list[_Request], error: BrokerError) -> None:
         for request in requests:
             if not request.future.done():
                 request.future.set_exception(error)
-
-
-def _group_by_time(
-    items: list[tuple[int, OutgoingMessage]],
-) -> list[tuple[datetime, list[tuple[int, OutgoingMessage]]]]:
-    groups: dict[datetime, list[tuple[int, OutgoingMessage]]] = {}
-    for index, message in items:
-        assert message.scheduled_enqueue_time is not None
-        groups.setdefault(message.scheduled_enqueue_time, []).append((index, message))
-    return list(groups.items())
