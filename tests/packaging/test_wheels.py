@@ -6,23 +6,12 @@ must expose every subpackage from the distribution that owns it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DISTRIBUTIONS = {
-    "boilermaker-core": "boilermaker",
-    "boilermaker-servicebus": "boilermaker.service_bus",
-    "boilermaker-results": "boilermaker.storage",
-    "boilermaker-cli": "boilermaker.cli",
-    "boilermaker-emulator": "boilermaker.emulator",
-}
+from tests.packaging.wheelhouse import DISTRIBUTIONS, install, make_venv, pins, run
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +20,7 @@ CORE_ONLY_SCRIPT = textwrap.dedent(
     import asyncio, importlib.util, sys
     from boilermaker import Boilermaker, retries
     from boilermaker.task import TaskGraphBuilder
-    from boilermaker.memory import InMemoryBroker
+    from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
 
     azure = [m for m in ("azure", "azure.servicebus", "azure.storage.blob", "proton")
              if importlib.util.find_spec(m.split(".")[0]) is not None]
@@ -42,14 +31,27 @@ CORE_ONLY_SCRIPT = textwrap.dedent(
     async def save(state): return 2
     async def cleanup(state): return 3
 
-    app = Boilermaker({"n": 0}, InMemoryBroker())
+    app = Boilermaker({"n": 0}, InMemoryBroker(), results_storage=InMemoryResultsStore())
     for fn in (fetch, process, save, cleanup):
         app.register_async(fn, policy=retries.RetryPolicy.default())
     f, p, s, c = (app.create_task(fetch, "api"), app.create_task(process),
                   app.create_task(save), app.create_task(cleanup))
     graph = TaskGraphBuilder().add(f).on_failure(f.task_id, c).then(p).then(s).build()
-    assert graph.children[f.task_id] == [p.task_id]
-    asyncio.run(app.apply_async(fetch, "x"))
+
+    async def run_graph():
+        await app.publish_graph(graph)
+        await app.apply_async(fetch, "x")
+        await app.run_until_idle(timeout=10)
+        return await app.wait_for_graph(graph.graph_id, timeout=10)
+
+    progress = asyncio.run(run_graph())
+    assert progress.complete and not progress.failed, progress
+    try:  # the light publisher says what to install
+        import boilermaker.servicebus_publisher
+    except ImportError as exc:
+        assert 'pip install "boilermaker-core[servicebus]"' in str(exc), exc
+    else:
+        raise AssertionError("boilermaker.servicebus_publisher imported without the SDK")
     for name in ("boilermaker.service_bus", "boilermaker.storage", "boilermaker.cli",
                  "boilermaker.emulator"):
         assert importlib.util.find_spec(name) is None, name
@@ -72,60 +74,10 @@ ALL_SCRIPT = textwrap.dedent(
 )
 
 
-def _uv() -> str | None:
-    """The uv binary: the one running us (``uv run`` sets UV), else the one on PATH."""
-    return os.environ.get("UV") or shutil.which("uv")
-
-
-def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
-    return subprocess.run(args, check=True, capture_output=True, text=True, env=env, **kwargs)  # type: ignore[call-overload]
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    uv = _uv()
-    if uv is None:
-        pytest.fail("uv is required to build wheels")
-    out = tmp_path_factory.mktemp("wheels")
-    _run([uv, "build", "--all-packages", "--wheel", "--offline", "-o", str(out)], cwd=ROOT)
-    built = {}
-    for dist in DISTRIBUTIONS:
-        found = list(out.glob(dist.replace("-", "_") + "-*.whl"))
-        assert len(found) == 1, f"expected one wheel for {dist}, found {found}"
-        built[dist] = found[0]
-    return built
-
-
-def _venv(path: Path) -> Path:
-    uv = _uv()
-    assert uv is not None
-    _run([uv, "venv", "--python", sys.executable, str(path)])
-    return path / "bin" / "python"
-
-
-def _install(python: Path, pins: Path, *wheels: Path) -> None:
-    """Install wheels with third-party versions pinned to the workspace lock file."""
-    uv = _uv()
-    assert uv is not None
-    _run([uv, "pip", "install", "--python", str(python), "-r", str(pins), *map(str, wheels)])
-
-
-def _pins(tmp_path: Path, *packages: str) -> Path:
-    uv = _uv()
-    assert uv is not None
-    args = [uv, "export", "--frozen", "--no-hashes", "--no-emit-workspace", "--no-dev", "-q"]
-    for package in packages:
-        args += ["--package", package]
-    out = tmp_path / "pins.txt"
-    out.write_text(_run(args, cwd=ROOT).stdout)
-    return out
-
-
 def test_core_wheel_alone_works_without_azure(wheels: dict[str, Path], tmp_path: Path) -> None:
-    python = _venv(tmp_path / "core-only")
-    _install(python, _pins(tmp_path, "boilermaker-core"), wheels["boilermaker-core"])
-    result = _run([str(python), "-c", CORE_ONLY_SCRIPT])
+    python = make_venv(tmp_path / "core-only")
+    install(python, pins(tmp_path, "boilermaker-core"), wheels["boilermaker-core"])
+    result = run([str(python), "-c", CORE_ONLY_SCRIPT])
     assert "core-only ok 4" in result.stdout
 
 
@@ -149,7 +101,7 @@ def test_each_wheel_owns_only_its_subpackage(wheels: dict[str, Path]) -> None:
 def test_all_wheels_together_import_every_subpackage(
     wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    python = _venv(tmp_path / "all")
-    _install(python, _pins(tmp_path, *DISTRIBUTIONS), *wheels.values())
-    result = _run([str(python), "-c", ALL_SCRIPT % (list(DISTRIBUTIONS.values()),)])
+    python = make_venv(tmp_path / "all")
+    install(python, pins(tmp_path, *DISTRIBUTIONS), *wheels.values())
+    result = run([str(python), "-c", ALL_SCRIPT % (list(DISTRIBUTIONS.values()),)])
     assert "all ok" in result.stdout
