@@ -12,7 +12,15 @@ Also a command (``boilermaker-emulator``) and a pytest plugin providing the
 ``servicebus_emulator`` and ``servicebus_queue`` fixtures.
 """
 
-from .config import DEFAULT_KEY, DEFAULT_KEY_NAME, ConfigError, QueueSettings, load_config_file
+from .amqp_server import ConnectionStats
+from .config import (
+    DEFAULT_KEY,
+    DEFAULT_KEY_NAME,
+    ConfigError,
+    ConnectionLimits,
+    QueueSettings,
+    load_config_file,
+)
 from .server import EmulatorError, ServiceBusEmulator
 from .store import QueueCounts, QueueNotFound
 
@@ -20,6 +28,8 @@ __all__ = [
     "DEFAULT_KEY",
     "DEFAULT_KEY_NAME",
     "ConfigError",
+    "ConnectionLimits",
+    "ConnectionStats",
     "EmulatorError",
     "QueueCounts",
     "QueueNotFound",

@@ -18,7 +18,16 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from .config import DEFAULT_KEY, DEFAULT_KEY_NAME, ConfigError, QueueSettings, load_config_file
+from .config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEY,
+    DEFAULT_KEY_NAME,
+    DEFAULT_MAX_CONNECTIONS,
+    ConfigError,
+    QueueSettings,
+    load_config_file,
+)
 from .control import ControlServer
 from .server import EmulatorError, ServiceBusEmulator, is_loopback
 
@@ -55,6 +64,30 @@ def _parser() -> argparse.ArgumentParser:
         "--no-auto-create",
         action="store_true",
         help="refuse unknown queue names instead of creating them on first use",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a socket that has not sent its AMQP open within this time"
+        f" (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends no frame for this long; half of it is advertised"
+        f" to clients (default {DEFAULT_IDLE_TIMEOUT:g}; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; more are refused with amqp:resource-limit-exceeded"
+        f" (default {DEFAULT_MAX_CONNECTIONS})",
     )
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=argparse.SUPPRESS)
     parser.add_argument("--key", default=DEFAULT_KEY, help=argparse.SUPPRESS)
@@ -93,20 +126,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--port must be in 0..65535")
     try:
         queues = _queues(args)
+        emulator = ServiceBusEmulator(
+            host=args.host,
+            port=args.port,
+            queues=queues,
+            auto_create_queues=not args.no_auto_create,
+            store_path=args.store,
+            accept_any_token=args.accept_any_token,
+            key_name=args.key_name,
+            key=args.key,
+            mode="thread",
+            allow_remote=args.allow_remote,
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout or None,
+            max_connections=args.max_connections,
+        )
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    emulator = ServiceBusEmulator(
-        host=args.host,
-        port=args.port,
-        queues=queues,
-        auto_create_queues=not args.no_auto_create,
-        store_path=args.store,
-        accept_any_token=args.accept_any_token,
-        key_name=args.key_name,
-        key=args.key,
-        mode="thread",
-        allow_remote=args.allow_remote,
-    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -167,6 +203,7 @@ def _start_control(emulator: ServiceBusEmulator, stop: threading.Event) -> Contr
         "counts": lambda name: dataclasses.asdict(emulator.counts(name)),
         "queue_names": emulator.queue_names,
         "drop_connections": emulator.drop_connections,
+        "connection_stats": lambda: dataclasses.asdict(emulator.connection_stats()),
         "refuse_connections": emulator.refuse_connections,
         "delay_frames": emulator.delay_frames,
         "stop": request_stop,

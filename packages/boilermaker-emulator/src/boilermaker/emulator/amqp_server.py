@@ -22,6 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cproton  # type: ignore[import-untyped]  # proton's cffi layer ships no hints
@@ -40,7 +41,9 @@ from proton import (
     Transport,
 )
 
+from .accept_backoff import ThrottledLog
 from .attach import LinkAttacher, Peer
+from .config import ConnectionLimits
 from .event_loop import EventLoop, Socket
 from .links import (
     QueueInbox,
@@ -53,7 +56,7 @@ from .links import (
 from .sasl import SaslHandshake
 from .store import Entity, Namespace
 
-__all__ = ["AmqpServer"]
+__all__ = ["AmqpServer", "ConnectionStats"]
 
 logger = logging.getLogger("boilermaker.emulator")
 
@@ -62,6 +65,31 @@ T = TypeVar("T")
 CONTAINER_ID = "boilermaker-emulator"
 #: Frame size offered to clients (the SDK proposes 1 MB); big messages take fewer frames.
 MAX_FRAME_SIZE = 1_048_576
+#: Connections over the cap that may be in the middle of being refused with an
+#: AMQP error; a connection beyond these is closed as soon as it is accepted.
+REFUSALS_IN_FLIGHT = 64
+#: Seconds a refused client has to read the ``close`` before its socket is cut.
+REFUSAL_GRACE = 1.0
+RESOURCE_LIMIT_EXCEEDED = "amqp:resource-limit-exceeded"
+_IDLE_EXPIRED = "local-idle-timeout expired"  # the engine's description of its idle close
+
+
+@dataclass(frozen=True)
+class ConnectionStats:
+    """What the emulator did with client connections since it started."""
+
+    #: Client connections open now (including those still in their handshake).
+    open: int
+    #: Client connections accepted.
+    accepted: int
+    #: Connections over ``max_connections``, refused.
+    refused: int
+    #: Sockets closed because they sent no ``open`` within the handshake time-out.
+    handshake_timeouts: int
+    #: Connections closed because they sent no frame within the idle time-out.
+    idle_timeouts: int
+    #: ``accept()`` calls that failed (out of descriptors, buffers...).
+    accept_errors: int
 
 
 def _bind_listener(host: str, port: int) -> socket.socket:
@@ -90,8 +118,17 @@ class AmqpServer:
         key: str,
         accept_any_token: bool = False,
         tick_interval: float = 0.05,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.namespace = namespace
+        self.limits = limits or ConnectionLimits()
+        #: Sockets that have not sent their ``open`` yet, by connection key.
+        self._awaiting_open: dict[int, Socket] = {}
+        #: Connections accepted over the cap, to be refused when they open.
+        self._over_cap: set[int] = set()
+        self._cap_warning = ThrottledLog(logger, 5.0)
+        self._accepted = self._refused = 0
+        self._handshake_timeouts = self._idle_timeouts = 0
         self.key_name = key_name
         self.key = key
         self.accept_any_token = accept_any_token
@@ -122,6 +159,7 @@ class AmqpServer:
                 cproton.PN_SESSION_REMOTE_CLOSE: self._on_session_close,
                 cproton.PN_CONNECTION_REMOTE_CLOSE: self._on_connection_close,
                 cproton.PN_TRANSPORT_ERROR: self._on_transport_error,
+                cproton.PN_TRANSPORT_TAIL_CLOSED: self._on_transport_tail_closed,
                 cproton.PN_TRANSPORT_CLOSED: self._on_transport_closed,
             },
             on_authenticated=self._on_authenticated,
@@ -266,6 +304,22 @@ class AmqpServer:
 
     # -- connections ---------------------------------------------------------------
 
+    @property
+    def connection_count(self) -> int:
+        """Connections being served, not counting those being refused over the cap."""
+        return len(self.loop.sockets) - len(self._over_cap)
+
+    def stats(self) -> ConnectionStats:
+        """Connection counters (call on the server thread)."""
+        return ConnectionStats(
+            open=len(self.loop.sockets),
+            accepted=self._accepted,
+            refused=self._refused,
+            handshake_timeouts=self._handshake_timeouts,
+            idle_timeouts=self._idle_timeouts,
+            accept_errors=self.loop.accept_errors,
+        )
+
     def _accept(self, sock: socket.socket) -> None:
         """Take over an accepted socket as a new AMQP server connection."""
         if self.refusing() or self._stopping:
@@ -273,15 +327,44 @@ class AmqpServer:
             sock.close()
             logger.info("refused a connection (fault injection)")
             return
+        limits = self.limits
+        self._accepted += 1
+        over_cap = self.connection_count >= limits.max_connections
+        if over_cap:
+            self._refused += 1
+            self._cap_warning.warning(
+                "refusing a connection: %d connections open (max_connections=%d)",
+                self.connection_count,
+                limits.max_connections,
+            )
+            if len(self._over_cap) >= REFUSALS_IN_FLIGHT:
+                sock.close()  # too many refusals under way to explain this one too
+                return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = Connection()
         transport = Transport(Transport.SERVER)
         transport.require_auth(False)
         transport.max_frame_size = MAX_FRAME_SIZE
+        if limits.idle_timeout is not None:
+            # The engine closes after this much silence and advertises half of it.
+            transport.idle_timeout = limits.idle_timeout
         transport.bind(connection)
         handshake = SaslHandshake(self._verify_plain)
         wrapped = self.loop.adopt(sock, transport, connection, handshake)
         self.peers[wrapped.key] = Peer(wrapped.key, connection)
+        self._awaiting_open[wrapped.key] = wrapped
+        if over_cap:
+            self._over_cap.add(wrapped.key)
+        self.loop.call_later(limits.handshake_timeout, lambda: self._handshake_expired(wrapped))
+
+    def _handshake_expired(self, wrapped: Socket) -> None:
+        if wrapped.closed or self._awaiting_open.get(wrapped.key) is not wrapped:
+            return
+        logger.debug(
+            "closing a connection that sent no open within %.1f s", self.limits.handshake_timeout
+        )
+        self._handshake_timeouts += 1
+        self.loop.abort(wrapped)
 
     def _verify_plain(self, user: str, password: str) -> bool:
         return self.accept_any_token or (user == self.key_name and password == self.key)
@@ -296,11 +379,34 @@ class AmqpServer:
         return self.peers.get(addressof(connection._impl))
 
     def _on_connection_open(self, event: Any) -> None:
-        self._run(self._open_connection, Connection.wrap(pn_event_connection(event)))
+        pointer = pn_event_connection(event)
+        key = addressof(pointer)
+        self._awaiting_open.pop(key, None)
+        connection = Connection.wrap(pointer)
+        if key in self._over_cap:
+            self._refuse_connection(key, connection)
+            return
+        self._run(self._open_connection, connection)
 
     def _open_connection(self, connection: Connection) -> None:
         connection.container = CONTAINER_ID
         connection.open()
+
+    def _refuse_connection(self, key: int, connection: Connection) -> None:
+        """Answer an ``open`` over the cap with a ``close`` that says why."""
+        cap = self.limits.max_connections
+        connection.container = CONTAINER_ID
+        # The SDK reads condition, description and info of a close's error.
+        connection.condition = error_condition(
+            RESOURCE_LIMIT_EXCEEDED,
+            f"The emulator already serves its maximum of {cap} connections"
+            f" (max_connections={cap}); close a connection or raise the limit.",
+        )
+        connection.open()
+        connection.close()
+        wrapped = self.loop.sockets.get(key)
+        if wrapped is not None:
+            self.loop.call_later(REFUSAL_GRACE, lambda: self.loop.abort(wrapped))
 
     def _on_session_open(self, event: Any) -> None:
         self._run(_open_session, Session.wrap(cproton.pn_event_session(event)))
@@ -332,13 +438,25 @@ class AmqpServer:
 
     def _on_transport_error(self, event: Any) -> None:
         transport = Transport.wrap(cproton.pn_event_transport(event))
-        logger.debug("transport error: %s", transport.condition if transport else None)
+        condition = transport.condition if transport else None
+        if condition is not None and condition.description == _IDLE_EXPIRED:
+            self._idle_timeouts += 1
+            logger.debug("closing a connection idle for %s s", self.limits.idle_timeout)
+            return
+        logger.debug("transport error: %s", condition)
+
+    def _on_transport_tail_closed(self, event: Any) -> None:
+        pointer = pn_event_connection(event)
+        if pointer:
+            self.loop.linger(addressof(pointer))
 
     def _on_transport_closed(self, event: Any) -> None:
         pointer = pn_event_connection(event)
         if not pointer:
             return
         key = addressof(pointer)
+        self._awaiting_open.pop(key, None)
+        self._over_cap.discard(key)
         peer = self.peers.pop(key, None)
         if peer is not None:
             for outbox in peer.outboxes:

@@ -1,4 +1,4 @@
-"""Queue settings, and the reader for Microsoft's Service Bus emulator JSON config.
+"""Queue settings, connection limits, and the reader for Microsoft's emulator JSON config.
 
 A config file written for Microsoft's emulator works here unchanged: the
 reader walks ``UserConfig -> Namespaces -> Queues`` and takes each queue's
@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_KEY",
     "DEFAULT_KEY_NAME",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "ConfigError",
+    "ConnectionLimits",
     "QueueSettings",
     "load_config_file",
     "parse_config",
@@ -36,6 +41,12 @@ DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "Qm9pbGVybWFrZXJFbXVsYXRvckRldmVsb3BtZW50S2V5MDA="
 #: Standard tier maximum message size: 256 KB.
 DEFAULT_MAX_MESSAGE_SIZE = 262_144
+#: Seconds a new socket has to get through the protocol headers, SASL and ``open``.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds without a frame after which an open connection is closed.
+DEFAULT_IDLE_TIMEOUT = 240.0
+#: Connections served at once; further ones are refused with an AMQP error.
+DEFAULT_MAX_CONNECTIONS = 1000
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/~]{0,259}$")
 
@@ -115,6 +126,42 @@ class QueueSettings:
         if unknown:
             raise ConfigError(f"unknown queue setting(s): {sorted(unknown)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long and how many connections the emulator serves; durations are in seconds.
+
+    The defaults (:data:`DEFAULT_HANDSHAKE_TIMEOUT`, :data:`DEFAULT_IDLE_TIMEOUT`,
+    :data:`DEFAULT_MAX_CONNECTIONS`) suit the SDK with its own defaults: it
+    opens a connection in well under a second, and an idle SDK handler pumps
+    its connection at least every 30 s, sending the empty frames the
+    advertised idle time-out asks for.
+    """
+
+    #: A socket that has not sent the protocol headers, finished SASL and sent
+    #: its ``open`` within this time is closed.
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: An open connection that sends no frame (not even an empty one) for this
+    #: long is closed with ``amqp:resource-limit-exceeded``. The ``open`` sent
+    #: to clients advertises half of it, as AMQP recommends, so that a peer
+    #: sending heartbeats at the advertised rate is never cut. ``None``: never.
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    #: Connections served at once; one more is answered with a ``close``
+    #: carrying ``amqp:resource-limit-exceeded``.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
+            raise ConfigError("handshake_timeout must be a positive number of seconds")
+        if self.idle_timeout is not None and not (
+            math.isfinite(self.idle_timeout) and self.idle_timeout >= 0.01
+        ):
+            raise ConfigError("idle_timeout must be at least 0.01 seconds, or None for no limit")
+        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
+            raise ConfigError("max_connections must be an integer")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
 
 
 _DURATION = re.compile(

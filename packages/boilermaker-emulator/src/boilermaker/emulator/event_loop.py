@@ -11,6 +11,12 @@ wrapped.
 
 Everything runs on the thread that calls :meth:`EventLoop.run`; other
 threads use :meth:`EventLoop.call_soon_threadsafe`.
+
+The loop defends itself against peers that misbehave: a failing
+``accept()`` pauses the listener (:mod:`~boilermaker.emulator.accept_backoff`)
+instead of spinning, a transport whose input has ended gets a short grace to
+flush its last frames before its socket is cut, and a socket the engine
+cannot read from yet is not polled until it can.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from cproton import (  # type: ignore[import-untyped]  # proton's cffi layer shi
 )
 from proton import Collector, Connection, Transport
 
+from .accept_backoff import PER_CONNECTION_ERRORS, AcceptBackoff
 from .sasl import SaslHandshake
 
 __all__ = ["EventLoop", "Socket"]
@@ -45,11 +52,27 @@ EventHandler = Callable[[Any], None]
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
+#: Connections taken from the backlog per wake-up, so a flood of connects
+#: cannot starve the connections already served.
+ACCEPTS_PER_WAKEUP = 64
+#: Seconds a transport whose input has ended may take to write its last
+#: frames (a close, an error) before its socket is cut.
+LINGER = 2.0
+
 
 class Socket:
     """A client socket bound to its proton transport."""
 
-    __slots__ = ("closed", "connection", "handshake", "key", "mask", "sock", "transport")
+    __slots__ = (
+        "closed",
+        "connection",
+        "handshake",
+        "key",
+        "lingering",
+        "mask",
+        "sock",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -64,6 +87,7 @@ class Socket:
         self.handshake = handshake
         self.mask = _READ
         self.closed = False
+        self.lingering = False
         self.key = addressof(connection._impl)
 
 
@@ -74,9 +98,13 @@ class EventLoop:
         self,
         handlers: dict[int, EventHandler],
         on_authenticated: Callable[[Socket, SaslHandshake], None] | None = None,
+        accept_backoff: AcceptBackoff | None = None,
     ) -> None:
         self.handlers = handlers
         self.on_authenticated = on_authenticated
+        self.accept_backoff = accept_backoff or AcceptBackoff()
+        #: ``accept()`` calls that failed since the loop started.
+        self.accept_errors = 0
         self.collector = Collector()
         self.selector = selectors.DefaultSelector()
         self.sockets: dict[int, Socket] = {}
@@ -87,7 +115,9 @@ class EventLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, _READ, None)
-        self._listeners: dict[int, Callable[[socket.socket], None]] = {}
+        self._listeners: dict[int, tuple[socket.socket, Callable[[socket.socket], None]]] = {}
+        #: Sockets whose transport had no room for input; polled again once it has.
+        self._stalled: set[Socket] = set()
         self._stopped = False
         self.closed = False
 
@@ -115,9 +145,10 @@ class EventLoop:
         """Call ``on_accept(client_socket)`` for each connection accepted on ``sock``."""
         sock.setblocking(False)
         self.selector.register(sock, _READ, on_accept)
-        self._listeners[sock.fileno()] = on_accept
+        self._listeners[sock.fileno()] = (sock, on_accept)
 
     def close_listener(self, sock: socket.socket) -> None:
+        """Stop accepting on ``sock`` and close it."""
         if sock.fileno() >= 0:
             self._listeners.pop(sock.fileno(), None)
             try:
@@ -125,6 +156,22 @@ class EventLoop:
             except (KeyError, ValueError):
                 pass
         sock.close()
+
+    def _pause_listener(self, listener: socket.socket, seconds: float) -> None:
+        try:
+            self.selector.unregister(listener)
+        except (KeyError, ValueError):
+            pass
+        self.call_later(seconds, lambda: self._resume_listener(listener))
+
+    def _resume_listener(self, listener: socket.socket) -> None:
+        entry = self._listeners.get(listener.fileno())
+        if self._stopped or entry is None or entry[0] is not listener:
+            return
+        try:
+            self.selector.register(listener, _READ, entry[1])
+        except (KeyError, ValueError):
+            pass
 
     def adopt(
         self,
@@ -150,6 +197,7 @@ class EventLoop:
             return
         wrapped.closed = True
         self.sockets.pop(wrapped.key, None)
+        self._stalled.discard(wrapped)
         if wrapped.mask:
             try:
                 self.selector.unregister(wrapped.sock)
@@ -171,12 +219,47 @@ class EventLoop:
         except OSError:
             pass
 
+    def abort(self, wrapped: Socket) -> None:
+        """End a connection without a word: its transport closes, then its socket.
+
+        The server hears of it as for any closed transport
+        (``PN_TRANSPORT_CLOSED``), so its bookkeeping has one exit.
+        """
+        if wrapped.closed:
+            return
+        wrapped.handshake = None
+        wrapped.transport.close_tail()
+        wrapped.transport.close_head()
+        self._set_mask(wrapped, 0)
+
+    def linger(self, connection_key: int) -> None:
+        """Cut a connection whose input has ended if it has not closed within :data:`LINGER`.
+
+        The engine closes a transport once its last frames are written; a
+        peer that stopped reading, or input the engine gave up on without a
+        close to send, would otherwise hold the socket forever.
+        """
+        wrapped = self.sockets.get(connection_key)
+        if wrapped is None or wrapped.lingering:
+            return
+        wrapped.lingering = True
+
+        def cut() -> None:
+            if not wrapped.closed:
+                logger.debug("cutting a connection that did not close within %.1f s", LINGER)
+                self.abort(wrapped)
+
+        self.call_later(LINGER, cut)
+
     def _read(self, wrapped: Socket) -> None:
         transport = wrapped.transport
         capacity = transport.capacity()
         if capacity <= 0:
-            if capacity < 0:  # the engine will read no more; wait for it to close
-                self._set_mask(wrapped, wrapped.mask & ~_READ)
+            self._set_mask(wrapped, wrapped.mask & ~_READ)
+            if capacity < 0:  # the engine will read no more; let it flush and close
+                self.linger(wrapped.key)
+            else:  # no room for input yet: stop polling it until there is
+                self._stalled.add(wrapped)
             return
         try:
             data = wrapped.sock.recv(min(capacity, 262144))
@@ -252,6 +335,17 @@ class EventLoop:
             if wrapped.transport.pending() > 0:
                 self._write(wrapped)
 
+    def _resume_stalled(self) -> None:
+        for wrapped in list(self._stalled):
+            if wrapped.closed:
+                self._stalled.discard(wrapped)
+                continue
+            capacity = wrapped.transport.capacity()
+            if capacity != 0:
+                self._stalled.discard(wrapped)
+                if capacity > 0:
+                    self._set_mask(wrapped, wrapped.mask | _READ)
+
     def tick_transports(self) -> None:
         """Let transports send heartbeats and notice idle peers."""
         now = time.monotonic()
@@ -318,18 +412,27 @@ class EventLoop:
                         self._accept(key.fileobj, target)  # type: ignore[arg-type]
                     self._dispatch_events()
                 self._run_calls_and_timers()
+                if self._stalled:
+                    self._resume_stalled()
         finally:
             self._close_everything()
 
     def _accept(self, listener: socket.socket, on_accept: Callable[[socket.socket], None]) -> None:
-        while True:
+        for _ in range(ACCEPTS_PER_WAKEUP):
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                logger.warning("accept failed: %s", exc)
+                if exc.errno in PER_CONNECTION_ERRORS:
+                    logger.debug("a connection vanished before it was accepted: %s", exc)
+                    continue
+                # Out of descriptors or buffers: the listener stays readable, so
+                # selecting it again at once would spin. Leave it alone a while.
+                self.accept_errors += 1
+                self._pause_listener(listener, self.accept_backoff.failed(exc))
                 return
+            self.accept_backoff.succeeded()
             try:
                 on_accept(sock)
             except Exception:
@@ -349,9 +452,8 @@ class EventLoop:
                 logger.exception("error in a call made while the emulator stopped")
         for wrapped in list(self.sockets.values()):
             self._close_socket(wrapped)
-        for fd in list(self._listeners):
-            key = self.selector.get_key(fd)
-            self.close_listener(key.fileobj)  # type: ignore[arg-type]
+        for listener, _ in list(self._listeners.values()):
+            self.close_listener(listener)
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()

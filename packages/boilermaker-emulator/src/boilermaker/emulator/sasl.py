@@ -9,6 +9,11 @@ follows (the AMQP protocol header onwards) goes to proton unchanged.
 ANONYMOUS always succeeds (Service Bus clients then authorize with a CBS
 token). PLAIN succeeds when the user is the namespace's key name and the
 password its key, which also authorizes the connection.
+
+A SASL frame may not be larger than :data:`MAX_SASL_FRAME_SIZE`: a peer that
+declares a bigger one fails at once instead of making the emulator buffer
+what it announced. Bytes are parsed in place, so a stream of tiny frames
+costs time in proportion to its length.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 
 from . import codec
 
-__all__ = ["AMQP_HEADER", "SASL_HEADER", "SaslHandshake"]
+__all__ = ["AMQP_HEADER", "MAX_SASL_FRAME_SIZE", "SASL_HEADER", "SaslHandshake"]
 
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
 AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
@@ -27,6 +32,10 @@ _INIT = 0x41
 _OUTCOME = 0x44
 _OK = 0
 _AUTH_FAILED = 1
+_SYS_PERM = 3
+#: Largest SASL frame accepted. AMQP sets 512 bytes for frames sent before
+#: the max-frame-size is agreed; this leaves room for long PLAIN credentials.
+MAX_SASL_FRAME_SIZE = 4096
 _FRAME = struct.Struct(">IBBH")
 
 
@@ -90,17 +99,21 @@ class SaslHandshake:
                 return SASL_HEADER, b""
             self._header_seen = True
             reply += SASL_HEADER + _mechanisms_frame(self.MECHANISMS)
-        while len(self._buffer) >= 8 and not self.done:
-            size, doff, frame_type, _ = _FRAME.unpack_from(self._buffer)
-            if size < 8 or len(self._buffer) < size:
-                if size < 8:
-                    self.failed = self.done = True
-                    reply += _outcome_frame(_AUTH_FAILED)
+        buffer = self._buffer
+        at = 0
+        while len(buffer) - at >= 8 and not self.done:
+            size, doff, frame_type, _ = _FRAME.unpack_from(buffer, at)
+            if size < 8 or size > MAX_SASL_FRAME_SIZE or doff < 2 or doff * 4 > size:
+                self.failed = self.done = True
+                reply += _outcome_frame(_SYS_PERM)
                 break
-            frame, self._buffer = self._buffer[:size], self._buffer[size:]
+            if len(buffer) - at < size:
+                break
+            frame_start, at = at, at + size
             if frame_type != 1 or size == doff * 4:
                 continue  # empty frame (heartbeat) or not SASL: ignore
-            reply += self._on_frame(frame[doff * 4 :])
+            reply += self._on_frame(buffer[frame_start + doff * 4 : at])
+        self._buffer = buffer[at:] if at else buffer
         rest = b""
         if self.done and not self.failed:
             rest, self._buffer = self._buffer, b""

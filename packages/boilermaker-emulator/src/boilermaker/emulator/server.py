@@ -25,8 +25,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from .amqp_server import AmqpServer
-from .config import DEFAULT_KEY, DEFAULT_KEY_NAME, QueueSettings
+from .amqp_server import AmqpServer, ConnectionStats
+from .config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEY,
+    DEFAULT_KEY_NAME,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionLimits,
+    QueueSettings,
+)
 from .control import ControlClient, ControlError
 from .journal import Journal, MemoryJournal
 from .store import Namespace, QueueCounts, QueueNotFound
@@ -82,6 +90,7 @@ class _InThread:
             key_name=emulator.key_name,
             key=emulator.key,
             accept_any_token=emulator.accept_any_token,
+            limits=emulator.limits,
         )
         self.thread = threading.Thread(
             target=self.server.run, name="servicebus-emulator", daemon=True
@@ -110,6 +119,9 @@ class _InThread:
 
     def drop_connections(self) -> int:
         return self.server.call(self.server.drop_connections)
+
+    def connection_stats(self) -> ConnectionStats:
+        return self.server.call(self.server.stats)
 
     def refuse_connections(self, seconds: float) -> None:
         self.server.call(lambda: self.server.refuse_for(seconds))
@@ -150,6 +162,12 @@ class _InProcess:
             # The child logs at the level this process's emulator logger is set to.
             "--log-level",
             logging.getLevelName(logger.getEffectiveLevel()),
+            "--handshake-timeout",
+            repr(emulator.limits.handshake_timeout),
+            "--idle-timeout",
+            repr(emulator.limits.idle_timeout or 0),
+            "--max-connections",
+            str(emulator.limits.max_connections),
         ]
         if emulator.store_path is not None:
             args += ["--store", str(emulator.store_path)]
@@ -221,6 +239,9 @@ class _InProcess:
         dropped: int = self._request("drop_connections")
         return dropped
 
+    def connection_stats(self) -> ConnectionStats:
+        return ConnectionStats(**self._request("connection_stats"))
+
     def refuse_connections(self, seconds: float) -> None:
         self._request("refuse_connections", seconds)
 
@@ -269,6 +290,17 @@ class ServiceBusEmulator:
         mode: ``"thread"`` (background thread) or ``"process"`` (child process).
         allow_remote: Permit binding a non-loopback address.
         startup_timeout: Seconds to wait for a process-mode emulator to start.
+        handshake_timeout: Seconds a new socket has to send the protocol
+            headers, finish SASL and send its ``open``; it is closed otherwise.
+        idle_timeout: Seconds without a frame (empty heartbeat frames count)
+            after which a connection is closed; half of it is advertised to
+            clients in the ``open``. ``None`` turns it off.
+        max_connections: Connections served at once; one more has its
+            ``open`` answered by a ``close`` with ``amqp:resource-limit-exceeded``.
+
+    Raises:
+        ValueError: For an unusable setting (a bad limit raises
+            :class:`~boilermaker.emulator.config.ConfigError`, a ``ValueError``).
     """
 
     def __init__(
@@ -285,6 +317,9 @@ class ServiceBusEmulator:
         *,
         allow_remote: bool = False,
         startup_timeout: float = 30.0,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if mode not in ("thread", "process"):
             raise ValueError(f"mode must be 'thread' or 'process', not {mode!r}")
@@ -305,6 +340,11 @@ class ServiceBusEmulator:
         self.key = key
         self.mode: Mode = mode
         self.startup_timeout = startup_timeout
+        self.limits = ConnectionLimits(
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
         self._backend: _InThread | _InProcess | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -383,6 +423,10 @@ class ServiceBusEmulator:
     def queue_names(self) -> list[str]:
         """Names of all queues, sorted."""
         return self._running().queue_names()
+
+    def connection_stats(self) -> ConnectionStats:
+        """Connections open now, and what was accepted, refused and timed out since start."""
+        return self._running().connection_stats()
 
     # -- fault injection -------------------------------------------------------------------
 
