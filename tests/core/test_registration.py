@@ -148,11 +148,38 @@ def test_same_name_from_a_different_function_is_refused(app: Boilermaker) -> Non
     assert app.registry.lookup("process_data").fn is process_data
 
 
-def test_registering_the_same_function_again_updates_its_options(app: Boilermaker) -> None:
+def test_registering_the_same_function_again_is_refused(app: Boilermaker) -> None:
+    # As in 1.x (a ValueError): registering twice is how a policy silently changes.
     app.register_async(process_data)
-    app.register_async(process_data, policy=RetryPolicy.no_retry())
-    assert app.registry.lookup(process_data).policy == RetryPolicy.no_retry()
+    with pytest.raises(ValueError, match="already registered as 'process_data'"):
+        app.register_async(process_data, policy=RetryPolicy.no_retry())
+    assert app.registry.lookup(process_data).policy == RetryPolicy.default()
     assert len(app.registry) == 1
+
+
+def test_a_sync_function_is_a_value_error_too(app: Boilermaker) -> None:
+    def not_async(state: Any) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="not an async function"):
+        app.register_async(not_async)  # type: ignore[arg-type]
+
+
+def test_task_si_takes_the_registered_options(app: Boilermaker) -> None:
+    from boilermaker import NoRetry, Task
+
+    async def careful(state: Any, n: int) -> int:
+        return n
+
+    app.register_async(careful, policy=NoRetry(), acks_late=False, should_dead_letter=False)
+    task = Task.si(careful, 1)
+    assert task.policy == NoRetry() == RetryPolicy.no_retry()
+    assert task.policy.max_tries == 1
+    assert (task.acks_late, task.acks_early, task.should_dead_letter) == (False, True, False)
+    # Given explicitly, an option wins; unregistered functions get the defaults.
+    assert Task.si(careful, 1, acks_late=True).acks_late is True
+    assert Task.si("careful", 1).policy == RetryPolicy.default()
+    assert app.create_task(careful, 2).policy == NoRetry()
 
 
 def test_name_override_is_what_tasks_are_published_under(app: Boilermaker) -> None:

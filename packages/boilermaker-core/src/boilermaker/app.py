@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from boilermaker.broker import Broker
@@ -17,7 +17,7 @@ from boilermaker.exceptions import (
 )
 from boilermaker.graph_dispatch import GraphRuntime
 from boilermaker.graph_recovery import GraphProgress, has_ended, read_progress, recover
-from boilermaker.ids import TaskId
+from boilermaker.ids import NullTaskId, TaskId
 from boilermaker.log_format import configure_from_environment
 from boilermaker.publishing import Publication, Publisher
 from boilermaker.registry import Registry, TaskFunction
@@ -161,6 +161,11 @@ class Boilermaker:
         """
         if delay < 0:
             raise BoilermakerAppException(f"delay must be >= 0 seconds, got {delay}")
+        if task.task_id == NullTaskId:
+            raise BoilermakerAppException(
+                "refusing to publish a task with the null task id (a prototype, never given "
+                "an id of its own)"
+            )
         (published,) = await self.publisher.publish(
             [Publication(task, float(delay), unique_msg_id)], publish_attempts
         )
@@ -318,6 +323,22 @@ class Boilermaker:
             await self._worker.run()
         finally:
             self._worker = None
+
+    async def renew_message_lock(self) -> datetime:
+        """Renew the lock of the message whose task is calling this; returns the new expiry.
+
+        Workers renew locks on their own (``max_lock_renewal``), so this is rarely
+        needed; it works with any concurrency, since each running task knows its
+        own message. Raises RuntimeError outside a task run by a worker.
+        """
+        from boilermaker.worker.current import current_message
+
+        current = current_message.get()
+        if current is None:
+            raise RuntimeError(
+                "renew_message_lock() is for code running inside a task run by a worker"
+            )
+        return await current.receiver.renew_lock(current.message)
 
     def stop(self) -> None:
         """Ask a running worker to stop gracefully."""

@@ -83,6 +83,23 @@ class Config(BaseModel):
                 merged[field] = os.environ[var]
         return merged
 
+    def az_credential(self) -> Any:
+        """The Azure credential for Service Bus: ``service_bus_credential`` if given,
+        else a ``DefaultAzureCredential`` (managed identity only with
+        ``azure_credential_include_msi``). Needs ``azure-identity``."""
+        if self.service_bus_credential is not None:
+            return self.service_bus_credential
+        try:
+            from azure.identity.aio import DefaultAzureCredential
+        except ImportError:
+            raise ConfigError(
+                "az_credential() needs azure-identity: pip install boilermaker-servicebus "
+                "(or azure-identity)"
+            ) from None
+        return DefaultAzureCredential(
+            exclude_managed_identity_credential=not self.azure_credential_include_msi
+        )
+
     @property
     def effective_prefetch(self) -> int:
         """Prefetch to use: the setting, or twice the concurrency."""

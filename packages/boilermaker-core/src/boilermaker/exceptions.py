@@ -8,14 +8,25 @@ class BoilermakerError(Exception):
 
 
 class BoilermakerAppException(BoilermakerError):
-    """A misuse of the `Boilermaker` application (registration, publishing)."""
+    """A misuse of the `Boilermaker` application (registration, publishing).
+
+    ``errors`` (as in 1.x, ``BoilermakerAppException(message, errors)``) lists
+    underlying errors, when there are any.
+    """
+
+    def __init__(self, message: str = "", errors: list[object] | None = None) -> None:
+        super().__init__(message if not errors else f"{message}: {errors}")
+        self.errors: list[object] = list(errors or [])
 
 
-class RegistrationError(BoilermakerAppException, TypeError):
-    """A function could not be registered (not async, duplicate, unknown option)."""
+class RegistrationError(BoilermakerAppException, TypeError, ValueError):
+    """A function could not be registered (not async, already registered, unknown option).
+
+    Both a TypeError and, as 1.x raised, a ValueError.
+    """
 
 
-class UnknownTaskError(BoilermakerAppException, LookupError):
+class UnknownTaskError(BoilermakerAppException, LookupError, ValueError):
     """A task names a function that is not registered with this application."""
 
 
@@ -54,7 +65,7 @@ class GraphBuildError(BoilermakerError, ValueError):
     """A task graph is malformed (cycle, duplicate id, unknown dependency, bad wiring)."""
 
 
-class PublishError(BoilermakerError):
+class PublishError(BoilermakerAppException):
     """Publishing to the broker failed after the allowed attempts."""
 
 

@@ -146,6 +146,22 @@ class GraphRuntime:
 
     async def publish(self, graph: TaskGraph, attempts: int = 1) -> TaskGraph:
         """Store the graph and publish its roots; safe to call again after a failure."""
+        await self.store_graph(graph)
+        pending_roots = []
+        for task_id in graph.root_ids:
+            got = await self.records.get(node_blob(graph.graph_id, task_id))
+            if got is not None and graph_node.undecided(got[0]):
+                pending_roots.append(task_id)
+        # One broker batch at a time, each marked Scheduled once sent: if a
+        # later batch fails, calling again publishes only what was not sent.
+        for batch in self._root_batches(graph, pending_roots):
+            await self.publisher.publish(batch, attempts)
+            await bounded_gather([self._mark_scheduled(graph, p.task.task_id) for p in batch])
+        return graph
+
+    async def store_graph(self, graph: TaskGraph) -> None:
+        """Write ``graph.json`` and a Pending record per node, creating only what is
+        missing (so it can be called again); refuses another graph under the same id."""
         graph.check()
         try:
             await self.store.write(
@@ -178,17 +194,6 @@ class GraphRuntime:
                 status=TaskStatus.Pending,
             ),
         )
-        pending_roots = []
-        for task_id in graph.root_ids:
-            got = await self.records.get(node_blob(graph.graph_id, task_id))
-            if got is not None and graph_node.undecided(got[0]):
-                pending_roots.append(task_id)
-        # One broker batch at a time, each marked Scheduled once sent: if a
-        # later batch fails, calling again publishes only what was not sent.
-        for batch in self._root_batches(graph, pending_roots):
-            await self.publisher.publish(batch, attempts)
-            await bounded_gather([self._mark_scheduled(graph, p.task.task_id) for p in batch])
-        return graph
 
     def _root_batches(self, graph: TaskGraph, roots: list[TaskId]) -> list[list[Publication]]:
         """The roots' publications, grouped as the publisher will send them."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from boilermaker.exceptions import RegistrationError, UnknownTaskError
 from boilermaker.retries import RetryPolicy
+from boilermaker.task.task import FunctionOptions, remember_registration
 
 logger = logging.getLogger("boilermaker.app")
 
@@ -91,11 +92,14 @@ class Registry:
                     f"{name!r} must take the application state as its first parameter"
                 )
         existing = self._by_name.get(name)
-        if existing is not None and existing.fn is not fn:
+        if existing is not None:
+            # Even the same function: registering again is how a policy would
+            # silently change.
+            what = "this function" if existing.fn is fn else "a different function"
             raise RegistrationError(
-                f"a different function is already registered as {name!r} "
-                f"({existing.fn.__module__}.{existing.fn.__qualname__}); "
-                "register this one with name='...'"
+                f"{what} is already registered as {name!r} "
+                f"({existing.fn.__module__}.{existing.fn.__qualname__}); a name is "
+                "registered once (pass name='...' for another)"
             )
         entry = RegisteredFunction(
             fn=fn,
@@ -107,6 +111,14 @@ class Registry:
         )
         self._by_name[name] = entry
         self._by_fn[fn] = entry
+        remember_registration(
+            fn,
+            FunctionOptions(
+                policy=entry.policy,
+                should_dead_letter=entry.should_dead_letter,
+                acks_late=entry.acks_late,
+            ),
+        )
         logger.info("Registered background function fn=%s", name)
         return entry
 

@@ -23,6 +23,7 @@ from boilermaker.results_store import (
     PreconditionFailed,
     StoredBlob,
 )
+from boilermaker.storage_interface import StorageInterface, lease_target
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class _Blob:
         return self.lease_id
 
 
-class InMemoryResultsStore:
+class InMemoryResultsStore(StorageInterface):
     """Blob-like storage in a dict (see :class:`boilermaker.results_store.ResultsStore`)."""
 
     def __init__(self) -> None:
@@ -115,8 +116,10 @@ class InMemoryResultsStore:
         blob.lease_expires = None if duration == -1 else time.monotonic() + duration
         return blob.lease_id
 
-    async def release_lease(self, name: str, lease_id: str) -> None:
-        """Release a lease we hold."""
+    async def release_lease(self, name: str, lease_id: str, lease: str | None = None) -> None:
+        """Release a lease we hold (also 1.x's ``release_lease(task_id, graph_id,
+        lease_id)``)."""
+        name, lease_id = lease_target(name, lease_id, lease)
         self.operations["lease"] += 1
         blob = self._blobs.get(name)
         if blob is None:

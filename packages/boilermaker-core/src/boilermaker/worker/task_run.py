@@ -27,6 +27,7 @@ from boilermaker.retries import RetryException
 from boilermaker.task.status import TaskFailureResult, TaskStatus
 from boilermaker.task.task import Task
 from boilermaker.worker import dead_letter
+from boilermaker.worker.current import CurrentMessage, current_message
 from boilermaker.worker.lock_renewer import LockRenewer
 from boilermaker.worker.settings import WorkerSettings, WorkerStats
 
@@ -88,6 +89,8 @@ class TaskRunner:
         task.sequence_number = message.sequence_number
         label = f"[{task.function_name}] task {task.task_id}"
         self.renewer.track(message, label)
+        # Each handler runs in its own asyncio task, so this is its own context.
+        current_message.set(CurrentMessage(message, self.receiver))
         try:
             await self._handle_task(message, task, label)
         except asyncio.CancelledError:

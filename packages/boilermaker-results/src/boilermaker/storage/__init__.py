@@ -9,6 +9,7 @@ ETags, leases and index tags, behind core's ResultsStore protocol::
 """
 
 from boilermaker.storage.blob_store import BlobClientStorage
+from boilermaker.storage_interface import StorageInterface
 from boilermaker.storage.errors import (
     BlobStorageError,
     ContainerNotFound,
@@ -21,5 +22,6 @@ __all__ = [
     "BlobStorageError",
     "ContainerNotFound",
     "StorageAccessDenied",
+    "StorageInterface",
     "StorageUnreachable",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -37,7 +37,7 @@ from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.blob import BlobProperties
+from azure.storage.blob import BlobProperties, FilteredBlob
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, ContainerClient
 
 from boilermaker.results_store import (
@@ -65,6 +65,7 @@ from boilermaker.storage.tags import (
     tags_from_metadata,
     tags_to_metadata,
 )
+from boilermaker.storage_interface import StorageInterface, lease_target
 
 #: What ``credentials`` may be: an account key, a SAS, or a token credential.
 Credential = (
@@ -98,7 +99,7 @@ _LEASE_HELD_CODES = frozenset(
 _NO_LEASE_CODE = "LeaseNotPresentWithLeaseOperation"
 
 
-class BlobClientStorage:
+class BlobClientStorage(StorageInterface):
     """Task results and graph state in one Azure Blob Storage container.
 
     ``BlobClientStorage(az_storage_url, container_name, credentials=None)``
@@ -428,8 +429,12 @@ class BlobClientStorage:
             raise self._lease_error(exc, name, "acquire a lease on") from exc
         return str(lease.id)
 
-    async def release_lease(self, name: str, lease_id: str) -> None:
-        """Give the lease back; a lease already gone (broken, expired) is not an error."""
+    async def release_lease(self, name: str, lease_id: str, held: str | None = None) -> None:
+        """Give the lease back; a lease already gone (broken, expired) is not an error.
+
+        Also 1.x's ``release_lease(task_id, graph_id, lease_id)``.
+        """
+        name, lease_id = lease_target(name, lease_id, held)
         await self._ready()
         lease = BlobLeaseClient(self._blob(name), lease_id=lease_id)
         self.operations["lease"] += 1
@@ -505,6 +510,18 @@ class BlobClientStorage:
         except AzureError as exc:
             raise self._fail(exc, f"list blobs under {prefix!r}") from exc
         return sorted(names)
+
+    async def find_blobs_by_tags(self, filter_expression: str) -> AsyncIterator[FilteredBlob]:
+        """Blobs of the container matching a blob-index filter expression, such as
+        ``"graph_id" = 'x' AND "status" = 'failure'`` (1.x's method; each item has
+        ``name`` and the matched ``tags``)."""
+        await self._ready()
+        self.operations["find"] += 1
+        try:
+            async for blob in self._container.find_blobs_by_tags(filter_expression):
+                yield blob
+        except AzureError as exc:
+            raise self._fail(exc, f"find blobs by tags ({filter_expression})") from exc
 
     async def delete_many(self, names: Sequence[str]) -> None:
         """Delete blobs, 256 per batch request; missing blobs are ignored.
