@@ -3,11 +3,11 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format typecheck bench demo clean
+.PHONY: help install test lint format typecheck bench demo docs docs-serve clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --group docs
 	@if [ -f package-lock.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then npm ci --no-audit --no-fund; fi
 
 test: install
@@ -31,5 +31,21 @@ bench: install
 demo: install
 	$(UV) run boilermaker demo
 
+# NO_MKDOCS_2_WARNING: mkdocs-material's end-of-life banner, not a warning about these docs.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs serve --dev-addr 127.0.0.1:8000
+
 clean:
-	rm -rf dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dist site .pytest_cache .mypy_cache .ruff_cache
+
+help:
+	@echo "make install     uv sync (dev and docs groups) and npm ci"
+	@echo "make test        install, then run the test suite (docs examples and site included)"
+	@echo "make lint        ruff and mypy"
+	@echo "make bench       benchmarks"
+	@echo "make demo        a small workload on a local emulator and Azurite"
+	@echo "make docs        build the documentation site into site/ (mkdocs --strict)"
+	@echo "make docs-serve  serve the documentation at http://127.0.0.1:8000, rebuilt on change"
