@@ -20,6 +20,10 @@ class FlakyBroker:
         self.calls: list[list[OutgoingMessage]] = []
 
     @property
+    def queue_name(self) -> str | None:
+        return self.inner.queue_name
+
+    @property
     def max_message_size(self) -> int:
         return self.inner.max_message_size
 

@@ -94,11 +94,10 @@ def test_add_after_add_depends_on_the_previous_task() -> None:
 
 def test_depends_on_none_makes_explicit_roots() -> None:
     a, b, c = t("a"), t("b"), t("c")
-    graph = (
-        TaskGraphBuilder().add(a).add(b, depends_on=None).parallel(c, depends_on=None).build()
-    )
+    graph = TaskGraphBuilder().add(a).add(b, depends_on=None).parallel(c, depends_on=None).build()
     assert set(graph.root_ids) == {a.task_id, b.task_id, c.task_id}
-    assert LAST_ADDED is not None and repr(LAST_ADDED) == "LAST_ADDED"
+    assert LAST_ADDED is not None
+    assert repr(LAST_ADDED) == "LAST_ADDED"
 
 
 def test_fan_out_from_the_cursor() -> None:
@@ -352,7 +351,7 @@ def test_rejects_a_task_added_twice_at_once() -> None:
 
 
 def test_rejects_unknown_dependencies_at_once() -> None:
-    with pytest.raises(ValueError, match="no-such-task.*not in this graph"):
+    with pytest.raises(ValueError, match=r"no-such-task.*not in this graph"):
         TaskGraphBuilder().add(t("a"), depends_on=["no-such-task"])
     with pytest.raises(ValueError, match="not in this graph"):
         TaskGraphBuilder().add(t("b"), depends_on=[t("a")])

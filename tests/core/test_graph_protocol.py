@@ -376,7 +376,8 @@ async def test_graph_with_a_shared_handler_ends_only_after_its_last_task_settles
         assert steps.order == ["handler"], "the handler did not run at the first failure"
         await asyncio.sleep(0.1)
         progress = await app.graph_progress(graph.graph_id)
-        assert progress is not None and not progress.ended, "ended while a task still ran"
+        assert progress is not None
+        assert not progress.ended, "ended while a task still ran"
         assert steps.runs["fallback"] == 0
 
         steps.block["slow"].set()

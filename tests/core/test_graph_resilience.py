@@ -343,7 +343,8 @@ def shared_handler_graph(app: Boilermaker, width: int) -> TaskGraph:
 async def ended_with_failures(app: Boilermaker, graph: TaskGraph) -> GraphProgress:
     progress = await app.graph_progress(graph.graph_id)
     assert progress is not None
-    assert progress.complete and progress.failed, f"graph did not end failed: {progress}"
+    assert progress.complete, f"graph did not end: {progress}"
+    assert progress.failed, f"graph did not fail: {progress}"
     return progress
 
 

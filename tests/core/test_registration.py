@@ -106,7 +106,7 @@ def test_unknown_options_are_refused_clearly(app: Boilermaker) -> None:
     message = str(info.value)
     assert "unknown registration option(s) ['polcy', 'retries']" in message
     assert "'process_data'" in message
-    assert "accepted: ['acks_late', 'name', 'policy', 'should_dead_letter']" in message
+    assert "accepted: ['acks_late', 'name', 'policy', 'should_dead_letter', 'timeout']" in message
     assert "process_data" not in app.registry
 
 

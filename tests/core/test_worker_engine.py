@@ -287,9 +287,13 @@ async def test_run_until_idle_times_out_when_the_queue_never_drains() -> None:
     assert broker.counts().scheduled == 1
 
 
-def test_worker_needs_an_application_with_a_broker() -> None:
-    with pytest.raises(ValueError, match="broker"):
-        Worker(Boilermaker({}))
+def test_worker_needs_a_broker() -> None:
+    from boilermaker.exceptions import BoilermakerAppException
+
+    with pytest.raises(BoilermakerAppException, match="needs a broker"):
+        Boilermaker({}).worker()
+    with pytest.raises(TypeError, match="needs a broker"):
+        Worker(object(), Boilermaker({}).registry)  # type: ignore[arg-type]
 
 
 async def test_worker_stops_on_a_permanent_receive_error() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Self
 import pytest
 
 from boilermaker import Boilermaker, RetryException, RetryPolicy, Task, TaskFailureResult
-from boilermaker.broker import OutgoingMessage, ReceivedMessage
+from boilermaker.broker import MessageLockLost, OutgoingMessage, ReceivedMessage
 from boilermaker.envelope import decode_task
 from boilermaker.exceptions import ResultNotReady
 from boilermaker.memory import InMemoryBroker, InMemoryReceiver, InMemoryResultsStore, QueueCounts
@@ -56,9 +56,12 @@ async def run_until(
 class RecordingReceiver:
     """Delegates to an in-memory receiver, logging every settlement."""
 
-    def __init__(self, log: list[tuple[str, str]], inner: InMemoryReceiver) -> None:
+    def __init__(
+        self, log: list[tuple[str, str]], inner: InMemoryReceiver, broker: RecordingBroker
+    ) -> None:
         self.log = log
         self.inner = inner
+        self.broker = broker
 
     async def receive(self, max_messages: int, max_wait: float) -> list[ReceivedMessage]:
         return await self.inner.receive(max_messages, max_wait)
@@ -76,6 +79,8 @@ class RecordingReceiver:
         await self.inner.dead_letter(message, reason, description)
 
     async def renew_lock(self, message: ReceivedMessage) -> datetime:
+        if self.broker.refuse_renewals:
+            raise MessageLockLost(f"lock of {message.message_id} was taken over")
         return await self.inner.renew_lock(message)
 
     async def peek(
@@ -104,13 +109,15 @@ class RecordingBroker(InMemoryBroker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.log: list[tuple[str, str]] = []
+        #: Make every lock renewal fail (the broker took the lock back).
+        self.refuse_renewals = False
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
         self.log.extend(("send", m.message_id) for m in messages)
         return await super().send(messages)
 
     def receiver(self, **options: Any) -> RecordingReceiver:  # type: ignore[override]
-        return RecordingReceiver(self.log, super().receiver(**options))
+        return RecordingReceiver(self.log, super().receiver(**options), self)
 
 
 def new_app(
@@ -476,6 +483,7 @@ async def test_lost_lock_is_logged_with_the_task_id_and_the_worker_keeps_going(
     caplog.set_level(logging.INFO, logger="boilermaker.app")
     state: dict[str, Any] = {"runs": 0, "after": 0}
     app, broker = new_app(state, lock_duration=0.3)
+    broker.refuse_renewals = True
 
     @app.task()
     async def long_first_time(state: dict[str, Any]) -> None:
@@ -488,27 +496,55 @@ async def test_lost_lock_is_logged_with_the_task_id_and_the_worker_keeps_going(
         state["after"] += 1
 
     task = await app.apply_async(long_first_time)
-    worker = app.worker(
-        install_signal_handlers=False, receive_wait=0.05, max_lock_renewal=0.1, concurrency=4
-    )
+    worker = app.worker(install_signal_handlers=False, receive_wait=0.05, concurrency=4)
     runner = asyncio.create_task(worker.run())
     try:
         await wait_until(lambda: worker.stats.locks_lost >= 1)
         await app.apply_async(afterwards)
-        await wait_until(lambda: state["after"] == 1)
+        await wait_until(lambda: state["after"] == 1 and state["runs"] == 2)
     finally:
         worker.stop()
         await runner
 
     # The lock lapsed, so the message came back and ran again.
     assert state["runs"] == 2
-    lost = [r.getMessage() for r in caplog.records if "lock was lost" in r.getMessage()]
+    lost = [r.getMessage() for r in caplog.records if "ost the lock" in r.getMessage()]
     assert lost
     assert all(task.task_id in m for m in lost)
-    gave_up = [r for r in caplog.records if "lock renewal limit" in r.getMessage()]
-    assert gave_up
-    assert task.task_id in gave_up[0].getMessage()
-    assert broker.counts() == EMPTY
+
+
+async def test_a_task_outliving_lock_renewal_is_cancelled_before_its_lock_lapses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="boilermaker.app")
+    state: dict[str, Any] = {"runs": 0, "running": 0, "most": 0}
+    app, broker = new_app(state, lock_duration=0.3)
+
+    @app.task(policy=RetryPolicy(max_tries=2, delay=0))
+    async def long_first_time(state: dict[str, Any]) -> None:
+        state["runs"] += 1
+        state["running"] += 1
+        state["most"] = max(state["most"], state["running"])
+        try:
+            if state["runs"] == 1:
+                await asyncio.sleep(2.0)
+        finally:
+            state["running"] -= 1
+
+    task = await app.apply_async(long_first_time)
+    worker = await run_until(
+        app, lambda w: w.stats.succeeded == 1, max_lock_renewal=0.5, concurrency=4
+    )
+
+    assert state["runs"] == 2
+    assert state["most"] == 1, "the message ran twice at once"
+    assert worker.stats.locks_lost == 0
+    assert worker.stats.retried == 1
+    cancelled = [r.getMessage() for r in caplog.records if "was cancelled" in r.getMessage()]
+    assert len(cancelled) == 1
+    assert task.task_id in cancelled[0]
+    assert "lock renewal limit of 0.5s" in cancelled[0]
+    assert ("send", f"{task.task_id}:2") in broker.log
 
 
 async def test_warning_is_logged_when_a_task_nears_max_lock_renewal(

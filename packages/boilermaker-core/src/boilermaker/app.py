@@ -32,6 +32,7 @@ from boilermaker.tracing import Tracing
 
 if TYPE_CHECKING:
     from boilermaker.worker.engine import Worker
+    from boilermaker.worker.middleware import Middleware
     from boilermaker.worker.settings import WorkerSettings
 
 F = TypeVar("F", bound=TaskFunction)
@@ -50,6 +51,8 @@ class Boilermaker:
         service_bus_client: Broker | None = None,
         enable_opentelemetry: bool = False,
         results_storage: ResultsStore | None = None,
+        *,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         configure_from_environment()
         self.state = state
@@ -57,9 +60,24 @@ class Boilermaker:
         self.results_storage = results_storage
         self.tracing = Tracing(enable_opentelemetry)
         self.registry = Registry()
+        self.middleware: list[Middleware] = []
+        for item in middleware:
+            self.add_middleware(item)
         self._publisher: Publisher | None = None
         self._graphs: GraphRuntime | None = None
         self._worker: Worker | None = None
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware: its hooks run around every task this app's workers
+        handle, after the worker's own (see :mod:`boilermaker.worker.middleware`)."""
+        from boilermaker.worker.middleware import Middleware
+
+        if not isinstance(middleware, Middleware):
+            raise TypeError(
+                f"middleware must subclass boilermaker.worker.Middleware, "
+                f"not {type(middleware).__name__}"
+            )
+        self.middleware.append(middleware)
 
     # -- registration -------------------------------------------------------------------
 
@@ -68,8 +86,10 @@ class Boilermaker:
 
         Options: ``policy`` (RetryPolicy), ``should_dead_letter`` (dead-letter
         failed messages; default True), ``acks_late`` (settle after running;
-        default True), ``name`` (registered name; default ``fn.__name__``).
-        Anything else is an error.
+        default True), ``name`` (registered name; default ``fn.__name__``),
+        ``timeout`` (seconds a run may take before it is cancelled and counted
+        as a failure the retry policy applies to; default: the worker's
+        ``task_timeout``). Anything else is an error.
         """
         self.registry.register(fn, **options)
         return fn
@@ -130,8 +150,8 @@ class Boilermaker:
         if self._publisher is None:
             if self.service_bus_client is None:
                 raise BoilermakerAppException("this application has no broker to publish to")
-            queue = getattr(self.service_bus_client, "queue_name", None)
-            self._publisher = Publisher(self.service_bus_client, self.tracing, queue)
+            broker = self.service_bus_client
+            self._publisher = Publisher(broker, self.tracing, broker.queue_name, self.middleware)
         return self._publisher
 
     async def apply_async(
@@ -306,15 +326,27 @@ class Boilermaker:
 
     def worker(self, settings: WorkerSettings | None = None, **overrides: Any) -> Worker:
         """A worker for this application (see :class:`boilermaker.worker.Worker`)."""
+        from boilermaker.broker import Configured
         from boilermaker.worker.engine import Worker
         from boilermaker.worker.settings import WorkerSettings
 
-        base = settings or WorkerSettings.from_config(
-            getattr(self.service_bus_client, "config", None)
-        )
+        broker = self.service_bus_client
+        if broker is None:
+            raise BoilermakerAppException("a worker needs a broker: Boilermaker(state, broker)")
+        config = broker.config if isinstance(broker, Configured) else None
+        base = settings or WorkerSettings.from_config(config)
         if overrides:
             base = base.replace(**overrides)
-        return Worker(self, base)
+        return Worker(
+            broker,
+            self.registry,
+            state=self.state,
+            settings=base,
+            publisher=self.publisher,
+            graphs=self.graphs if self.results_storage is not None else None,
+            tracing=self.tracing,
+            middleware=self.middleware,
+        )
 
     async def run(self, settings: WorkerSettings | None = None, **overrides: Any) -> None:
         """Run a worker until SIGINT/SIGTERM (or :meth:`stop`)."""

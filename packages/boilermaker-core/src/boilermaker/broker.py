@@ -160,7 +160,17 @@ class Receiver(Protocol):
 
 @runtime_checkable
 class Broker(Protocol):
-    """A queue to publish tasks to and receive them from."""
+    """A queue to publish tasks to and receive them from.
+
+    Optional capabilities are protocols of their own (:class:`IdleAware`,
+    :class:`ControlMessages`, :class:`Configured`); the worker checks for them
+    once, when it is built.
+    """
+
+    @property
+    def queue_name(self) -> str | None:
+        """The queue's name (for logs and trace attributes), if it has one."""
+        ...
 
     @property
     def max_message_size(self) -> int:
@@ -192,4 +202,35 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class IdleAware(Protocol):
+    """A broker that can tell when nothing is waiting, scheduled messages included
+    (``run_until_idle`` then also waits for retries)."""
+
+    def is_idle(self) -> bool:
+        """Whether no message is active, scheduled, locked or deferred."""
+        ...
+
+
+@runtime_checkable
+class ControlMessages(Protocol):
+    """A broker whose queues can hold messages of its own that are not tasks (such as
+    the readiness probes 1.x connection pools publish); workers complete them silently."""
+
+    def is_control_message(self, message: ReceivedMessage) -> bool:
+        """Whether ``message`` is one of those."""
+        ...
+
+
+@runtime_checkable
+class Configured(Protocol):
+    """A broker built from a :class:`boilermaker.config.Config`; workers take their
+    settings from the same one."""
+
+    @property
+    def config(self) -> Any:
+        """The Config it was built from (None when built otherwise)."""
         ...

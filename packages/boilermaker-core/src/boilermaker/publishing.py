@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from boilermaker.broker import Broker, BrokerError, OutgoingMessage
 from boilermaker.envelope import CONTENT_TYPE, MESSAGE_OVERHEAD, encode_task
@@ -79,13 +79,30 @@ def check_chain_arguments(task: Task) -> None:
         pending.extend(t for t in (current.on_success, current.on_failure) if t is not None)
 
 
-class Publisher:
-    """Encodes tasks into envelopes and sends them on a broker."""
+class PublishHook(Protocol):
+    """What the publisher asks of middleware: a look at each message being built."""
 
-    def __init__(self, broker: Broker, tracing: Tracing, queue_name: str | None = None) -> None:
+    def before_publish(self, task: Task, properties: dict[str, Any]) -> None: ...
+
+
+class Publisher:
+    """Encodes tasks into envelopes and sends them on a broker.
+
+    ``hooks`` (the application's middleware, a list that may grow) see every
+    message's application properties before it is encoded.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        tracing: Tracing,
+        queue_name: str | None = None,
+        hooks: Sequence[PublishHook] = (),
+    ) -> None:
         self.broker = broker
         self.tracing = tracing
         self.queue_name = queue_name
+        self.hooks = hooks
 
     def to_message(self, item: Publication, span: Span | None = None) -> OutgoingMessage:
         """Encode one task (with ``span``'s trace context), refusing it if it is over
@@ -98,6 +115,8 @@ class Publisher:
         if task.graph_id:
             properties["boilermaker_graph_id"] = str(task.graph_id)
         self.tracing.inject(task, properties, span)
+        for hook in self.hooks:
+            hook.before_publish(task, properties)
         check_chain_arguments(task)
         body = encode_task(task, wrapped=item.wrapped)
         limit = self.broker.max_message_size

@@ -17,7 +17,7 @@ logger = logging.getLogger("boilermaker.app")
 TaskFunction = Callable[..., Awaitable[Any]]
 
 #: Options ``register_async`` and ``task()`` accept.
-REGISTRATION_OPTIONS = frozenset({"policy", "should_dead_letter", "acks_late", "name"})
+REGISTRATION_OPTIONS = frozenset({"policy", "should_dead_letter", "acks_late", "name", "timeout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,7 @@ class RegisteredFunction:
     should_dead_letter: bool
     acks_late: bool
     signature: inspect.Signature | None
+    timeout: float | None = None
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise TypeError if ``fn(state, *args, **kwargs)`` would not bind."""
@@ -74,6 +75,14 @@ class Registry:
             policy = RetryPolicy.default()
         if not isinstance(policy, RetryPolicy):
             raise RegistrationError(f"policy for {name!r} must be a RetryPolicy, not {policy!r}")
+        timeout = options.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise RegistrationError(
+                f"timeout for {name!r} must be a positive number of seconds (or None), "
+                f"not {timeout!r}"
+            )
         for flag in ("should_dead_letter", "acks_late"):
             if flag in options and not isinstance(options[flag], bool):
                 raise RegistrationError(f"{flag} for {name!r} must be True or False")
@@ -108,6 +117,7 @@ class Registry:
             should_dead_letter=options.get("should_dead_letter", True),
             acks_late=options.get("acks_late", True),
             signature=signature,
+            timeout=float(timeout) if timeout is not None else None,
         )
         self._by_name[name] = entry
         self._by_fn[fn] = entry

@@ -33,7 +33,7 @@ from boilermaker.dead_letters import (
     PurgeReport,
     ReplayReport,
 )
-from boilermaker.worker.dead_letter import MAX_DELIVERY_COUNT_EXCEEDED, REASONS
+from boilermaker.reasons import MAX_DELIVERY_COUNT_EXCEEDED, REASONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

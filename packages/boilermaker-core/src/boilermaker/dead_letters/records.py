@@ -14,7 +14,7 @@ from boilermaker.broker import (
 )
 from boilermaker.envelope import decode_task
 from boilermaker.exceptions import InvalidTaskFormat
-from boilermaker.worker.dead_letter import PROCESSING_ERROR, TASK_FAILED
+from boilermaker.reasons import PROCESSING_ERROR, TASK_FAILED
 
 #: Application property: message id of the first dead-lettered message.
 ORIGINAL_MESSAGE_ID = "boilermaker_original_message_id"
@@ -114,7 +114,7 @@ class DeadLetter:
 
     ``task`` is None when the body is not a task envelope; ``decode_error``
     then says why. ``reason`` and ``description`` are the broker's dead-letter
-    fields (Boilermaker's taxonomy: :mod:`boilermaker.worker.dead_letter`).
+    fields (Boilermaker's taxonomy: :mod:`boilermaker.reasons`).
     """
 
     sequence_number: int

@@ -31,8 +31,7 @@ from boilermaker.broker import (
     ReceiveMode,
     SubQueue,
 )
-
-MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+from boilermaker.reasons import MAX_DELIVERY_COUNT_EXCEEDED
 
 
 @dataclass(slots=True)

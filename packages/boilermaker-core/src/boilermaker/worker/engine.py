@@ -21,13 +21,31 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from boilermaker.broker import BrokerError, ReceivedMessage, Receiver
+from boilermaker.broker import (
+    Broker,
+    BrokerError,
+    ControlMessages,
+    IdleAware,
+    ReceivedMessage,
+    Receiver,
+)
+from boilermaker.graph_dispatch import GraphRuntime
+from boilermaker.publishing import Publisher
+from boilermaker.registry import Registry
+from boilermaker.results_store import ResultsStore
+from boilermaker.tracing import Tracing
 from boilermaker.worker.lock_renewer import LockRenewer
+from boilermaker.worker.middleware import Middleware, MiddlewareStack
+from boilermaker.worker.middleware.chains import ChainsMiddleware
+from boilermaker.worker.middleware.graphs import GraphsMiddleware, NoGraphsMiddleware
+from boilermaker.worker.middleware.results import ResultsMiddleware
+from boilermaker.worker.middleware.stats import StatsMiddleware
+from boilermaker.worker.middleware.tracing import TracingMiddleware
 from boilermaker.worker.settings import WorkerSettings, WorkerStats
 from boilermaker.worker.task_run import TaskRunner
 
 if TYPE_CHECKING:
-    from boilermaker.app import Boilermaker
+    from collections.abc import Sequence
 
 logger = logging.getLogger("boilermaker.app")
 
@@ -37,14 +55,63 @@ RECEIVE_BACKOFF_MAX = 10.0
 
 
 class Worker:
-    """Runs an application's tasks from its broker (see module docstring)."""
+    """Runs registered task functions from a broker's messages (see module docstring).
 
-    def __init__(self, app: Boilermaker, settings: WorkerSettings | None = None) -> None:
-        if app.service_bus_client is None:
-            raise ValueError("a worker needs an application with a broker")
-        self.app = app
+    Its collaborators are given, not looked up: the ``broker`` it receives from,
+    the ``registry`` of functions, the application ``state`` passed to them,
+    the ``publisher`` for follow-up messages (default: one on ``broker``), a
+    ``results_store`` for results and graphs (or the ``graphs`` runtime over
+    one), ``tracing``, extra ``middleware`` (after the worker's own: stats,
+    tracing, results, graphs, chains) and ``settings``. ``app.worker()`` wires
+    them from an application; anything that cannot work is refused here.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        registry: Registry,
+        *,
+        state: Any = None,
+        settings: WorkerSettings | None = None,
+        publisher: Publisher | None = None,
+        results_store: ResultsStore | None = None,
+        graphs: GraphRuntime | None = None,
+        tracing: Tracing | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        if not isinstance(broker, Broker):
+            raise TypeError(
+                f"a worker needs a broker (boilermaker.broker.Broker), not {type(broker).__name__}"
+            )
+        if not isinstance(registry, Registry):
+            raise TypeError(f"registry must be a Registry, not {type(registry).__name__}")
+        tracing = tracing if tracing is not None else Tracing(False)
+        if publisher is None:
+            publisher = Publisher(broker, tracing, broker.queue_name)
+        elif publisher.broker is not broker:
+            raise ValueError(
+                "the publisher sends to another broker than the worker receives from; "
+                "follow-up messages (retries, chains, graph nodes) would go elsewhere"
+            )
+        if graphs is None and results_store is not None:
+            graphs = GraphRuntime(results_store, publisher)
+        store = results_store if results_store is not None else graphs.store if graphs else None
+        self.broker = broker
+        self.registry = registry
+        self.state = state
+        self.publisher = publisher
         self.settings = settings or WorkerSettings()
         self.stats = WorkerStats()
+        own: list[Middleware] = [StatsMiddleware(self.stats), TracingMiddleware(tracing)]
+        if store is not None:
+            own.append(ResultsMiddleware(store))
+        own.append(GraphsMiddleware(graphs) if graphs is not None else NoGraphsMiddleware())
+        own.append(ChainsMiddleware(publisher))
+        self.middleware = MiddlewareStack([*own, *middleware])
+        self._is_idle = broker.is_idle if isinstance(broker, IdleAware) else None
+        self._is_control = (
+            broker.is_control_message if isinstance(broker, ControlMessages) else None
+        )
         self._in_flight: dict[asyncio.Task[None], ReceivedMessage] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -68,13 +135,22 @@ class Worker:
         """Run until stopped."""
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
-        broker = self.app.service_bus_client
-        assert broker is not None
         try:
-            async with broker.receiver(prefetch=self.settings.effective_prefetch) as receiver:
+            async with self.broker.receiver(prefetch=self.settings.effective_prefetch) as receiver:
                 renewer = LockRenewer(receiver, self.settings, self.stats)
-                runner = TaskRunner(self.app, receiver, renewer, self.settings, self.stats)
+                runner = TaskRunner(
+                    receiver=receiver,
+                    renewer=renewer,
+                    registry=self.registry,
+                    publisher=self.publisher,
+                    middleware=self.middleware,
+                    settings=self.settings,
+                    stats=self.stats,
+                    state=self.state,
+                    is_control=self._is_control,
+                )
                 renewer.start()
+                await self._notify_middleware("on_worker_start")
                 try:
                     await self._receive_loop(receiver, runner)
                 except asyncio.CancelledError:
@@ -86,6 +162,7 @@ class Worker:
                 finally:
                     await self._drain_in_flight()
                     await renewer.stop()
+                    await self._notify_middleware("on_worker_stop")
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -100,7 +177,7 @@ class Worker:
         self.settings = self.settings.replace(receive_wait=min(self.settings.receive_wait, 0.05))
         runner = asyncio.create_task(self.run())
         deadline = time.monotonic() + timeout
-        is_idle = getattr(self.app.service_bus_client, "is_idle", None)
+        is_idle = self._is_idle
         try:
             while True:
                 await asyncio.sleep(min(idle_for, 0.02))
@@ -123,6 +200,13 @@ class Worker:
             await runner
 
     # -- internals ------------------------------------------------------------------
+
+    async def _notify_middleware(self, hook: str) -> None:
+        for item in self.middleware.middleware:
+            try:
+                await getattr(item, hook)(self)
+            except Exception:
+                logger.exception("%s.%s failed", type(item).__name__, hook)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
         if not self.settings.install_signal_handlers:

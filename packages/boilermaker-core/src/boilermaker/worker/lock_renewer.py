@@ -31,6 +31,7 @@ class _Held:
     since: float
     duration: float
     expires: float
+    limit: float
     warned: bool = False
     lost: bool = False
     gave_up: bool = False
@@ -62,14 +63,22 @@ class LockRenewer:
                 pass
             self._task = None
 
-    def track(self, message: ReceivedMessage, label: str) -> None:
-        """Start keeping ``message``'s lock alive (no-op without a lock)."""
+    def track(self, message: ReceivedMessage, label: str, limit: float | None = None) -> None:
+        """Start keeping ``message``'s lock alive for up to ``limit`` seconds (default
+        ``max_lock_renewal``); no-op without a lock."""
         if message.locked_until is None or message.lock_token is None:
             return
         now = time.monotonic()
         left = (message.locked_until - datetime.now(UTC)).total_seconds()
         duration = max(left, MIN_TICK * 4)
-        held = _Held(message, label, now, duration, now + left)
+        held = _Held(
+            message,
+            label,
+            now,
+            duration,
+            now + left,
+            limit if limit is not None else self._settings.max_lock_renewal,
+        )
         self._held[id(message)] = held
         # Wake the renewer only if this lock is due before its next round.
         if self._due(held) < self._next_round:
@@ -78,11 +87,6 @@ class LockRenewer:
     def untrack(self, message: ReceivedMessage) -> bool:
         """Stop renewing; returns True if the lock was seen to be lost."""
         held = self._held.pop(id(message), None)
-        return bool(held and held.lost)
-
-    def is_lost(self, message: ReceivedMessage) -> bool:
-        """Whether renewing ``message``'s lock failed."""
-        held = self._held.get(id(message))
         return bool(held and held.lost)
 
     async def _run(self) -> None:
@@ -102,7 +106,7 @@ class LockRenewer:
         Rounds are planned for the limits too, so the warning and the give-up
         do not wait for the next renewal (half a lock duration away).
         """
-        limit = self._settings.max_lock_renewal
+        limit = held.limit
         due = min(held.expires - held.duration / 2, held.since + limit)
         if not held.warned:
             due = min(due, held.since + limit * self._settings.lock_renewal_warning)
@@ -121,16 +125,16 @@ class LockRenewer:
     async def _renew_due(self) -> None:
         now = time.monotonic()
         due = []
-        limit = self._settings.max_lock_renewal
         for held in list(self._held.values()):
             if held.lost or held.gave_up:
                 continue
+            limit = held.limit
             running = now - held.since
             if not held.warned and running >= limit * self._settings.lock_renewal_warning:
                 held.warned = True
                 logger.warning(
-                    "%s has run %.0fs, nearing the lock renewal limit of %.0fs; its message "
-                    "will be redelivered if it runs past it",
+                    "%s has run %.0fs, nearing the lock renewal limit of %.0fs; it will be "
+                    "cancelled if it runs past its time limit",
                     held.label,
                     running,
                     limit,

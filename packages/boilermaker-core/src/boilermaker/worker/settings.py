@@ -19,6 +19,11 @@ class WorkerSettings:
       warning is logged at ``lock_renewal_warning`` of it.
     - ``shutdown_grace``: seconds in-flight tasks get to finish on shutdown
       before they are cancelled and their messages abandoned.
+    - ``task_timeout``: the time limit of tasks whose registration sets none
+      (None: no limit, but a task still running at ``max_lock_renewal`` is
+      cancelled before its lock can lapse, so it never runs twice at once).
+    - ``time_limit_margin``: how long past a task's time limit its lock is
+      still renewed, so the cancelled task's message is settled under its lock.
     """
 
     concurrency: int = 16
@@ -29,6 +34,8 @@ class WorkerSettings:
     shutdown_grace: float = 30.0
     install_signal_handlers: bool = True
     description_limit: int = 1024
+    task_timeout: float | None = None
+    time_limit_margin: float = 5.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -43,6 +50,8 @@ class WorkerSettings:
             raise ValueError("lock_renewal_warning is a fraction in (0, 1]")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
+        if self.task_timeout is not None and self.task_timeout <= 0:
+            raise ValueError(f"task_timeout must be positive or None, got {self.task_timeout}")
 
     @property
     def effective_prefetch(self) -> int:

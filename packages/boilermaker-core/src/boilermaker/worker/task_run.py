@@ -1,9 +1,12 @@
-"""Running one task from one message, and settling the message exactly as the outcome says.
+"""One message, from receipt to settlement: receive -> decode -> run -> decide -> apply.
 
-The order is fixed so nothing is lost: follow-up work (chain callbacks,
-retry messages, graph continuations, results) is published or recorded
+The order is fixed so nothing is lost: follow-up work (results, chain
+callbacks, retry messages, graph continuations) is written or published
 before the message is settled. If the worker dies in between, the message
-comes back and the follow-up steps, all idempotent, are repeated.
+comes back and the follow-up steps, all idempotent, are repeated. What the
+outcome means for the message is decided in one place,
+:func:`boilermaker.worker.verdict.decide`; everything cross-cutting is
+middleware (:mod:`boilermaker.worker.middleware`).
 """
 
 from __future__ import annotations
@@ -11,40 +14,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-
-from opentelemetry.trace import Span
+from collections.abc import Callable
+from typing import Any
 
 from boilermaker.broker import BrokerError, MessageLockLost, ReceivedMessage, Receiver
 from boilermaker.envelope import decode_task, is_wrapped
-from boilermaker.exceptions import InvalidTaskFormat
-from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication
-from boilermaker.results import NodeRecord, Records, result_value, standalone_blob
+from boilermaker.exceptions import InvalidTaskFormat, PublishError
+from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication, Publisher
+from boilermaker.registry import RegisteredFunction, Registry
+from boilermaker.results_store import ResultsStoreError
 from boilermaker.retries import RetryException
 from boilermaker.task.status import TaskFailureResult, TaskStatus
 from boilermaker.task.task import Task
-from boilermaker.worker import dead_letter
 from boilermaker.worker.current import CurrentMessage, current_message
 from boilermaker.worker.lock_renewer import LockRenewer
+from boilermaker.worker.middleware import MessageContext, MiddlewareStack
 from boilermaker.worker.settings import WorkerSettings, WorkerStats
-
-if TYPE_CHECKING:
-    from boilermaker.app import Boilermaker
+from boilermaker.worker.verdict import Action, Kind, Outcome, Verdict, decide
 
 logger = logging.getLogger("boilermaker.app")
 
 
-@dataclass(slots=True)
-class Outcome:
-    """How a run ended."""
-
-    status: TaskStatus
-    result: Any = None
-    error: BaseException | None = None
-    description: str | None = None
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure of our own bookkeeping may heal by trying again later
+    (the store or broker is unreachable) rather than fail the same way each time."""
+    if isinstance(exc, BrokerError):
+        return exc.transient
+    if isinstance(exc, PublishError):
+        cause = exc.__cause__
+        return cause is None or is_transient(cause)
+    return isinstance(exc, ResultsStoreError | OSError | TimeoutError)
 
 
 class TaskRunner:
@@ -52,29 +51,55 @@ class TaskRunner:
 
     def __init__(
         self,
-        app: Boilermaker,
+        *,
         receiver: Receiver,
         renewer: LockRenewer,
+        registry: Registry,
+        publisher: Publisher,
+        middleware: MiddlewareStack,
         settings: WorkerSettings,
         stats: WorkerStats,
+        state: Any = None,
+        is_control: Callable[[ReceivedMessage], bool] | None = None,
     ) -> None:
-        self.app = app
         self.receiver = receiver
         self.renewer = renewer
+        self.registry = registry
+        self.publisher = publisher
+        self.middleware = middleware
         self.settings = settings
         self.stats = stats
-        self._is_control = getattr(app.service_bus_client, "is_control_message", None)
+        self.state = state
+        self._is_control = is_control
 
     # -- entry point --------------------------------------------------------------------
 
     async def handle(self, message: ReceivedMessage) -> None:
-        """Run the message's task and settle the message; never raises (except cancellation)."""
-        self.stats.received += 1
+        """Handle one message and settle it; never raises (except cancellation)."""
+        ctx = MessageContext(message, state=self.state)
+        # Each handler runs in its own asyncio task, so this is its own context.
+        current_message.set(CurrentMessage(message, self.receiver))
+        try:
+            await self.middleware.notify("on_receive", ctx)
+            ctx.outcome = await self._outcome(ctx)
+            verdict = self._decide(ctx)
+            verdict = await self._follow_up(ctx, verdict)
+            ctx.verdict = verdict
+            await self._settle(ctx, verdict)
+        except asyncio.CancelledError:
+            await self._abandon_after_cancel(ctx)
+            raise
+        finally:
+            self.renewer.untrack(message)
+            await self.middleware.notify("after_settle", ctx, reverse=True)
+
+    # -- reaching an outcome --------------------------------------------------------------
+
+    async def _outcome(self, ctx: MessageContext) -> Outcome:
+        message = ctx.message
         if self._is_control is not None and self._is_control(message):
-            self.stats.control_messages += 1
-            logger.debug("Completed control message %s", message.message_id)
-            await self._settle("complete", message, "control message")
-            return
+            logger.debug("Completing control message %s", message.message_id)
+            return Outcome(Kind.CONTROL)
         try:
             task = decode_task(message.body)
         except InvalidTaskFormat as exc:
@@ -84,323 +109,218 @@ class TaskRunner:
                 message.sequence_number,
                 exc,
             )
-            await self._dead_letter(message, dead_letter.INVALID_TASK_FORMAT, str(exc), "message")
-            return
+            return Outcome(Kind.UNDECODABLE, error=exc, description=str(exc))
         task.sequence_number = message.sequence_number
-        label = f"[{task.function_name}] task {task.task_id}"
-        self.renewer.track(message, label)
-        # Each handler runs in its own asyncio task, so this is its own context.
-        current_message.set(CurrentMessage(message, self.receiver))
-        try:
-            await self._handle_task(message, task, label)
-        except asyncio.CancelledError:
-            await self._abandon_after_cancel(message, label)
-            raise
-        except Exception:
-            # A failure of our own bookkeeping (store or broker down): give the
-            # message back so it is retried rather than lost.
-            logger.exception("%s: processing failed; abandoning the message", label)
-            await self._settle("abandon", message, label)
-        finally:
-            self.renewer.untrack(message)
-
-    # -- the task -----------------------------------------------------------------------
-
-    async def _handle_task(self, message: ReceivedMessage, task: Task, label: str) -> None:
-        entry = self.app.registry.get(task.function_name)
+        ctx.task = task
+        await self.middleware.notify("after_decode", ctx)
+        entry = self.registry.get(task.function_name)
         if entry is None:
             description = (
                 f"function {task.function_name!r} is not registered on this worker "
-                f"(registered: {', '.join(self.app.registry.names()) or 'none'})"
+                f"(registered: {', '.join(self.registry.names()) or 'none'})"
             )
-            logger.error("%s: %s", label, description)
-            if task.graph_id:
-                await self._finish_graph_node(
-                    task, Outcome(TaskStatus.Deadlettered, description=description)
-                )
-            await self._dead_letter(message, dead_letter.EXPECTATION_FAILED, description, label)
-            return
+            logger.error("%s: %s", ctx.label, description)
+            return Outcome(Kind.UNKNOWN_FUNCTION, description=description)
+        limit = entry.timeout if entry.timeout is not None else self.settings.task_timeout
+        self.renewer.track(message, ctx.label, self._renewal_limit(limit))
+        if not task.acks_late and not await self._settle_action(ctx, Action.COMPLETE):
+            return Outcome(Kind.INTERRUPTED, description="the message was lost before it could run")
+        try:
+            skipped = await self.middleware.before_task(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._bookkeeping_failed(ctx, "before_task", exc)
+        if skipped is not None:
+            return skipped
+        task.record_attempt()
+        outcome = await self._run(ctx, task, entry, limit)
+        try:
+            return await self.middleware.after_task(ctx, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._bookkeeping_failed(ctx, "after_task", exc)
 
-        if not task.acks_late and not await self._settle("complete", message, label):
-            logger.warning("%s: not running (acks_early and its message was lost)", label)
-            return
-
-        graph = None
-        if task.graph_id:
-            graph = await self.app.graphs.load(task.graph_id)
-            if graph is None or task.task_id not in graph.tasks:
-                description = f"graph {task.graph_id} or its task {task.task_id} is not stored"
-                await self._dead_letter(message, dead_letter.EXPECTATION_FAILED, description, label)
-                return
-            claim = await self.app.graphs.claim(task, message.sequence_number, message.message_id)
-            if claim.kind == "finished" and claim.record is not None:
-                logger.info("%s already finished; continuing its graph only", label)
-                await self.app.graphs.continue_from(graph, task.task_id, claim.record)
-                await self._settle_if_late(task, "complete", message, label)
-                return
-            if claim.kind in ("skipped", "duplicate", "premature"):
-                self.stats.duplicates_skipped += 1
-                logger.info("%s: %s message, not running", label, claim.kind)
-                await self._settle_if_late(task, "complete", message, label)
-                return
-            if claim.kind == "missing":
-                description = f"graph {task.graph_id} has no record for task {task.task_id}"
-                await self._dead_letter(message, dead_letter.EXPECTATION_FAILED, description, label)
-                return
-
-        task.attempts.inc()
-        with self.app.tracing.run_span(
-            task, message.application_properties, message.delivery_count
-        ) as span:
-            outcome = await self._run(task, entry.fn, message, span)
-            # Follow-up messages (chain, retry, graph children) are published
-            # inside the consumer span, so their traces continue this run's.
-            await self._conclude(message, task, outcome, label)
+    def _renewal_limit(self, time_limit: float | None) -> float:
+        """How long the lock is kept: past the task's own time limit, never short of it."""
+        if time_limit is None:
+            return self.settings.max_lock_renewal
+        return max(self.settings.max_lock_renewal, time_limit + self.settings.time_limit_margin)
 
     async def _run(
-        self, task: Task, fn: Any, message: ReceivedMessage, span: Span | None
+        self, ctx: MessageContext, task: Task, entry: RegisteredFunction, limit: float | None
     ) -> Outcome:
+        """Run the function within its time limit; a task with none is stopped at the
+        lock renewal limit, before its lock can lapse and the message run twice."""
         name = task.function_name
-        logger.info("[%s] Begin Task sequence_number=%s", name, message.sequence_number)
+        deadline = limit if limit is not None else self.settings.max_lock_renewal
+        logger.info("[%s] Begin Task sequence_number=%s", name, ctx.message.sequence_number)
         started = time.perf_counter()
+        ctx.ran = True
+        timer = asyncio.timeout(deadline)
         try:
-            result = await fn(self.app.state, *task.args, **task.kwargs)
+            async with timer:
+                result = await entry.fn(self.state, *task.args, **task.kwargs)
+        except TimeoutError as exc:
+            if not timer.expired():
+                return Outcome(Kind.FAILED, error=exc)
+            what = (
+                f"its time limit of {limit:g}s"
+                if limit is not None
+                else f"the lock renewal limit of {deadline:g}s (it has no time limit of its own)"
+            )
+            logger.error("%s ran past %s and was cancelled", ctx.label, what)
+            return Outcome(
+                Kind.TIMED_OUT, description=f"TimeLimitExceeded: the task ran past {what}"
+            )
         except RetryException as exc:
-            self.app.tracing.record_failure(span, exc)
-            return Outcome(TaskStatus.Retry, error=exc)
+            return Outcome(Kind.RETRY_REQUESTED, error=exc)
         except Exception as exc:
-            self.app.tracing.record_failure(span, exc)
-            return Outcome(TaskStatus.Failure, error=exc)
+            return Outcome(Kind.FAILED, error=exc)
         elapsed = time.perf_counter() - started
         if result is TaskFailureResult or isinstance(result, TaskFailureResult):
             reason = getattr(result, "reason", "task returned TaskFailureResult")
-            return Outcome(TaskStatus.Failure, description=f"TaskFailureResult: {reason}")
+            return Outcome(Kind.FAILED, description=f"TaskFailureResult: {reason}")
         logger.info(
             "[%s] Completed Task sequence_number=%s in %.5fs",
             name,
-            message.sequence_number,
+            ctx.message.sequence_number,
             elapsed,
         )
-        return Outcome(TaskStatus.Success, result=result)
+        return Outcome(Kind.SUCCEEDED, result=result)
 
-    # -- outcomes -----------------------------------------------------------------------
-
-    async def _conclude(
-        self, message: ReceivedMessage, task: Task, outcome: Outcome, label: str
-    ) -> None:
-        if outcome.status is TaskStatus.Success and self._needs_result(task):
-            try:
-                result_value(outcome.result)
-            except (TypeError, ValueError) as exc:
-                outcome = Outcome(
-                    TaskStatus.Failure,
-                    description=(
-                        f"result of {task.function_name!r} is not JSON-serializable "
-                        f"({type(outcome.result).__name__}): {exc}"
-                    ),
-                )
-        if outcome.status is TaskStatus.Success:
-            await self._succeeded(message, task, outcome, label)
-        elif outcome.status is TaskStatus.Retry:
-            await self._retry(message, task, outcome, label)
-        else:
-            await self._failed(message, task, outcome, label, dead_letter.TASK_FAILED)
-
-    def _needs_result(self, task: Task) -> bool:
-        return self.app.results_storage is not None
-
-    async def _succeeded(
-        self, message: ReceivedMessage, task: Task, outcome: Outcome, label: str
-    ) -> None:
-        self.stats.succeeded += 1
-        if task.graph_id:
-            await self._finish_graph_node(task, outcome)
-        else:
-            await self._store_standalone(task, outcome)
-            if task.on_success is not None:
-                await self.app.publisher.publish([Publication(task.on_success)], FOLLOW_UP_ATTEMPTS)
-        await self._settle_if_late(task, "complete", message, label)
-
-    async def _retry(
-        self, message: ReceivedMessage, task: Task, outcome: Outcome, label: str
-    ) -> None:
-        exc = outcome.error
-        assert isinstance(exc, RetryException)
-        if exc.policy is not None:
-            task.policy = exc.policy
-        attempts = task.attempts.attempts
-        if not task.policy.can_retry(attempts):
-            self.stats.retries_exhausted += 1
+    def _bookkeeping_failed(self, ctx: MessageContext, stage: str, exc: BaseException) -> Outcome:
+        """An error of ours (or a middleware's) around the task: worth another delivery
+        only if it may heal; otherwise the message is dead-lettered saying why."""
+        if is_transient(exc):
             logger.error(
-                "%s: retries exhausted after %d attempt(s): %s", label, attempts, exc.msg or exc
+                "%s: %s failed (%s); giving the message back", ctx.label, stage, exc, exc_info=exc
             )
-            exhausted = Outcome(
-                TaskStatus.RetriesExhausted,
-                error=exc,
-                description=f"retries exhausted after {attempts} attempt(s): "
-                f"{type(exc).__name__}: {exc}",
-            )
-            await self._failed(message, task, exhausted, label, dead_letter.PROCESSING_ERROR)
-            return
-        delay = task.get_next_delay()
-        retry_id = task.retry_task_id
-        retry_task = task.model_copy(deep=True)
-        retry_task.sequence_number = None
-        logger.warning(
-            "%s: attempt %d asked for a retry (%s); next attempt in %ss",
-            label,
-            attempts,
-            exc.msg or type(exc).__name__,
-            delay,
+            return Outcome(Kind.INTERRUPTED, error=exc)
+        logger.error("%s: %s failed for good: %s", ctx.label, stage, exc, exc_info=exc)
+        return Outcome(
+            Kind.FOLLOW_UP_FAILED,
+            error=exc,
+            description=f"{stage}: {type(exc).__name__}: {exc}",
         )
-        # Recorded before the retry message exists, since the retry may run and
-        # finish at once: a graph node would take that message for a duplicate
-        # (the node still Started by this one) and never run again; a standalone
-        # result would be overwritten with Retry after its final outcome.
-        if task.graph_id:
-            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-            await self.app.graphs.mark_retry(task, retry_id, retry_at)
-        elif self.app.results_storage is not None:
-            await self._store_standalone(task, Outcome(TaskStatus.Retry))
-        await self.app.publisher.publish(
-            # The retry keeps the form of the message that asked for it.
-            [Publication(retry_task, float(delay), retry_id, wrapped=is_wrapped(message.body))],
-            FOLLOW_UP_ATTEMPTS,
-        )
-        self.stats.retried += 1
-        await self._settle_if_late(task, "complete", message, label)
 
-    async def _failed(
-        self,
-        message: ReceivedMessage,
-        task: Task,
-        outcome: Outcome,
-        label: str,
-        reason: str,
-    ) -> None:
-        self.stats.failed += 1
-        limit = self.settings.description_limit
-        if outcome.description is not None:
-            description = dead_letter.bounded(outcome.description, limit)
-        elif outcome.error is not None:
-            description = dead_letter.describe_exception(outcome.error, limit)
-        else:
-            description = "task failed"
-        if outcome.status is TaskStatus.Failure:
+    # -- deciding and applying ------------------------------------------------------------
+
+    def _decide(self, ctx: MessageContext) -> Verdict:
+        outcome, task = ctx.outcome, ctx.task
+        assert outcome is not None
+        error = outcome.error
+        if isinstance(error, RetryException) and error.policy is not None and task is not None:
+            task.policy = error.policy
+        verdict = decide(outcome, task, self.settings.description_limit)
+        ctx.verdict = verdict
+        attempt = task.attempts.attempts if task is not None else 0
+        if verdict.status is TaskStatus.Failure and ctx.ran:
             logger.error(
                 "%s failed on attempt %d: %s",
-                label,
-                task.attempts.attempts,
-                description,
-                extra={"task_id": str(task.task_id), "attempt": task.attempts.attempts},
+                ctx.label,
+                attempt,
+                verdict.description,
+                extra={"task_id": str(task.task_id) if task else None, "attempt": attempt},
             )
-        if task.graph_id:
-            await self._finish_graph_node(task, outcome)
-        else:
-            await self._store_standalone(task, outcome)
-            if task.on_failure is not None:
-                await self.app.publisher.publish([Publication(task.on_failure)], FOLLOW_UP_ATTEMPTS)
-        if not task.acks_late:
-            return
-        if task.should_dead_letter:
-            await self._dead_letter(message, reason, description, label)
-        else:
-            await self._settle("complete", message, label)
+        elif verdict.status is TaskStatus.RetriesExhausted:
+            logger.error("%s: %s", ctx.label, verdict.description)
+        return verdict
 
-    # -- results and graphs --------------------------------------------------------------
-
-    async def _store_standalone(self, task: Task, outcome: Outcome) -> None:
-        store = self.app.results_storage
-        if store is None:
-            return
-        record = NodeRecord(
-            task_id=task.task_id,
-            status=outcome.status,
-            result=outcome.result,
-            attempt=task.attempts.attempts,
-            errors=_errors(outcome),
-            formatted_exception=_formatted(outcome.error),
-        )
-        await Records(store).put(standalone_blob(task.task_id), record, if_match=None)
-
-    async def _finish_graph_node(self, task: Task, outcome: Outcome) -> None:
-        graph = await self.app.graphs.load(str(task.graph_id))
-        if graph is None:
-            return
-        record = await self.app.graphs.finish(
-            task,
-            outcome.status,
-            result=outcome.result,
-            errors=_errors(outcome),
-            formatted_exception=_formatted(outcome.error),
-        )
-        if record is not None and record.status.finished:
-            await self.app.graphs.continue_from(graph, task.task_id, record)
-
-    # -- settlement ----------------------------------------------------------------------
-
-    async def _settle_if_late(
-        self, task: Task, action: str, message: ReceivedMessage, label: str
-    ) -> None:
-        if task.acks_late:
-            await self._settle(action, message, label)
-
-    async def _dead_letter(
-        self, message: ReceivedMessage, reason: str, description: str, label: str
-    ) -> None:
-        self.stats.dead_lettered += 1
-        self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+    async def _follow_up(self, ctx: MessageContext, verdict: Verdict) -> Verdict:
+        """Results, chain callbacks, graph continuation and the retry message, before
+        the message is settled."""
+        stage = "follow-up"
         try:
-            await self.receiver.dead_letter(message, reason, description)
-        except MessageLockLost as exc:
-            self.stats.locks_lost += 1
-            logger.error("%s: could not dead-letter (%s); it will be redelivered", label, exc)
-        except BrokerError as exc:
-            self.stats.settlement_errors += 1
-            logger.error("%s: dead-lettering failed: %s", label, exc)
+            if verdict.action is Action.RETRY:
+                await self._retry(ctx)
+            elif verdict.status is TaskStatus.Success:
+                stage = "on_success"
+                await self.middleware.run("on_success", ctx)
+            elif verdict.failed:
+                stage = "on_failure"
+                await self.middleware.run("on_failure", ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            ctx.outcome = self._bookkeeping_failed(ctx, stage, exc)
+            return self._decide(ctx)
+        return verdict
 
-    async def _settle(self, action: str, message: ReceivedMessage, label: str) -> bool:
+    async def _retry(self, ctx: MessageContext) -> None:
+        task, outcome = ctx.task, ctx.outcome
+        assert task is not None
+        assert outcome is not None
+        ctx.retry_delay = float(task.get_next_delay())
+        ctx.retry_message_id = task.retry_task_id
+        reason = outcome.description or (
+            outcome.error.msg
+            if isinstance(outcome.error, RetryException) and outcome.error.msg
+            else type(outcome.error).__name__
+        )
+        logger.warning(
+            "%s: attempt %d asked for a retry (%s); next attempt in %ss",
+            ctx.label,
+            task.attempts.attempts,
+            reason,
+            int(ctx.retry_delay),
+        )
+        # Recorded (on_retry) before the retry message exists, since the retry may
+        # run and finish at once.
+        await self.middleware.run("on_retry", ctx)
+        retry_task = task.model_copy(deep=True)
+        retry_task.sequence_number = None
+        wrapped = is_wrapped(ctx.message.body)  # the retry keeps the message's form
+        await self.publisher.publish(
+            [Publication(retry_task, ctx.retry_delay, ctx.retry_message_id, wrapped=wrapped)],
+            FOLLOW_UP_ATTEMPTS,
+        )
+
+    async def _settle(self, ctx: MessageContext, verdict: Verdict) -> None:
+        if ctx.settled:
+            return  # acks early: completed before it ran
+        if verdict.action is Action.DEAD_LETTER:
+            await self.middleware.notify("on_dead_letter", ctx)
+        await self._settle_action(ctx, verdict.action)
+
+    async def _settle_action(self, ctx: MessageContext, action: Action) -> bool:
+        message, verdict = ctx.message, ctx.verdict
         try:
-            if action == "complete":
-                await self.receiver.complete(message)
-            else:
-                self.stats.abandoned += 1
+            if action is Action.DEAD_LETTER:
+                assert verdict is not None
+                await self.receiver.dead_letter(
+                    message, verdict.reason or "", verdict.description or ""
+                )
+            elif action is Action.ABANDON:
                 await self.receiver.abandon(message)
+            else:
+                await self.receiver.complete(message)
         except MessageLockLost as exc:
             self.stats.locks_lost += 1
             logger.error(
                 "%s: could not %s its message, the lock was lost (%s); it will be redelivered",
-                label,
-                action,
+                ctx.label,
+                action.value.replace("_", "-"),
                 exc,
             )
             return False
         except BrokerError as exc:
             self.stats.settlement_errors += 1
-            logger.error("%s: could not %s its message: %s", label, action, exc)
+            logger.error("%s: could not %s its message: %s", ctx.label, action.value, exc)
             return False
-        # A settled message has no lock left to renew (acks_early settles before
+        ctx.settled = True
+        # A settled message has no lock left to renew (acks early settles before
         # the task runs; renewing then would report a lost lock).
         self.renewer.untrack(message)
         return True
 
-    async def _abandon_after_cancel(self, message: ReceivedMessage, label: str) -> None:
-        logger.warning("%s cancelled (worker stopping); abandoning its message", label)
+    async def _abandon_after_cancel(self, ctx: MessageContext) -> None:
+        if ctx.settled:
+            return
+        logger.warning("%s cancelled (worker stopping); abandoning its message", ctx.label)
+        ctx.verdict = Verdict(Action.ABANDON)
         try:
-            await asyncio.shield(self._settle("abandon", message, label))
+            await asyncio.shield(self._settle_action(ctx, Action.ABANDON))
         except asyncio.CancelledError:
             pass
-
-
-def _errors(outcome: Outcome) -> list[str] | None:
-    if outcome.description:
-        return [outcome.description]
-    if outcome.error is not None:
-        return [f"{type(outcome.error).__name__}: {outcome.error}"]
-    return None
-
-
-def _formatted(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    return "".join(traceback.format_exception(exc))[-8000:]

@@ -9,13 +9,13 @@ ETags, leases and index tags, behind core's ResultsStore protocol::
 """
 
 from boilermaker.storage.blob_store import BlobClientStorage
-from boilermaker.storage_interface import StorageInterface
 from boilermaker.storage.errors import (
     BlobStorageError,
     ContainerNotFound,
     StorageAccessDenied,
     StorageUnreachable,
 )
+from boilermaker.storage_interface import StorageInterface
 
 __all__ = [
     "BlobClientStorage",
