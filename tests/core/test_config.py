@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
-from boilermaker.config import _ENV, Config, ConfigError
+from boilermaker.config import ENVIRONMENT, Config, ConfigError
 from boilermaker.exceptions import BoilermakerError
+from boilermaker.worker import WorkerSettings
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in _ENV.values():
-        monkeypatch.delenv(variable, raising=False)
+    for setting in ENVIRONMENT.values():
+        for variable in setting.names:
+            monkeypatch.delenv(variable, raising=False)
 
 
 def test_defaults_without_environment() -> None:
@@ -24,7 +26,7 @@ def test_defaults_without_environment() -> None:
     assert config.azure_credential_include_msi is False
     assert config.max_message_size == 256 * 1024
     assert config.concurrency == 16
-    assert config.effective_prefetch == 32
+    assert WorkerSettings.from_config(config).effective_prefetch == 32
     assert config.results_container == "boilermaker"
 
 
@@ -49,7 +51,7 @@ def test_loads_boilermaker_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     config = Config()
     assert config.max_message_size == 1_048_576
     assert config.concurrency == 4
-    assert config.effective_prefetch == 0
+    assert WorkerSettings.from_config(config).effective_prefetch == 0
     assert config.max_lock_renewal_seconds == 90.5
     assert config.shutdown_grace_seconds == 0
     assert config.results_container == "results"
@@ -127,3 +129,49 @@ def test_importing_config_imports_nothing_from_azure() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- one definition of every variable ------------------------------------------------------
+
+
+def test_every_environment_variable_in_the_code_is_defined_in_config() -> None:
+    import re
+    from pathlib import Path
+
+    from boilermaker import config
+
+    root = Path(__file__).resolve().parents[2] / "packages"
+    pattern = re.compile(r"\b(?:BOILERMAKER|SERVICE_BUS|AZURE_CREDENTIAL)_[A-Z_]+\b")
+    named = {
+        match.group(0)
+        for path in root.glob("*/src/**/*.py")
+        for match in pattern.finditer(path.read_text())
+    }
+    defined = {name for s in config.ENVIRONMENT.values() for name in s.names}
+    defined |= {config.WORKER_INDEX_ENV, config.AZURITE_ENV}
+    assert named, "the scan found nothing"
+    assert named <= defined, f"read but not defined in boilermaker.config: {named - defined}"
+
+
+def test_settings_are_read_from_their_variable_or_its_alias(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOILERMAKER_CONTAINER", "from-alias")
+    assert Config().results_container == "from-alias"
+    monkeypatch.setenv("BOILERMAKER_RESULTS_CONTAINER", "from-main")
+    assert Config().results_container == "from-main"
+    monkeypatch.setenv("BOILERMAKER_TASK_TIMEOUT", "-3")
+    with pytest.raises(ConfigError, match="environment variable BOILERMAKER_TASK_TIMEOUT"):
+        Config()
+    assert ENVIRONMENT["results_container"].aliases == ("BOILERMAKER_CONTAINER",)
+    assert all(s.description for s in ENVIRONMENT.values())
+
+
+def test_worker_settings_come_from_config() -> None:
+    from boilermaker.worker import WorkerSettings
+
+    settings = WorkerSettings.from_config(
+        Config(concurrency=3, task_timeout_seconds=9, shutdown_grace_seconds=1)
+    )
+    assert (settings.concurrency, settings.task_timeout, settings.shutdown_grace) == (3, 9, 1)
+    assert settings.effective_prefetch == 6

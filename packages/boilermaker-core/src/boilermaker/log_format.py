@@ -54,18 +54,20 @@ def configure_from_environment() -> logging.Handler | None:
     already has handlers. Workers call this when they start, so a process can
     get the seed's log lines without code changes.
     """
-    import os
+    from boilermaker.config import environment_value
 
-    fmt = os.environ.get("BOILERMAKER_LOG_FORMAT", "").strip().lower()
+    found = environment_value("log_format")
+    fmt = found[1].strip().lower() if found else ""
     if fmt not in ("json", "text"):
         return None
     logger = logging.getLogger("boilermaker")
     if logger.handlers:
         return None
-    level_name = os.environ.get("BOILERMAKER_LOG_LEVEL", "INFO").strip().upper()
+    given = environment_value("log_level")
+    level_name = given[1].strip().upper() if given else "INFO"
     level = logging.getLevelName(level_name)
     if not isinstance(level, int):
-        raise ValueError(f"BOILERMAKER_LOG_LEVEL: unknown level {level_name!r}")
+        raise ValueError(f"{given[0] if given else 'log level'}: unknown level {level_name!r}")
     if fmt == "json":
         return configure_json_logging(level)
     handler = logging.StreamHandler(sys.stderr)

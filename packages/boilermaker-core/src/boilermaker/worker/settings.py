@@ -67,6 +67,7 @@ class WorkerSettings:
             prefetch=config.prefetch,
             max_lock_renewal=config.max_lock_renewal_seconds,
             shutdown_grace=config.shutdown_grace_seconds,
+            task_timeout=config.task_timeout_seconds,
         )
 
     def replace(self, **changes: Any) -> WorkerSettings:

@@ -24,10 +24,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from boilermaker.config import AZURITE_ENV
+
 
 def find_azurite() -> Path:
     """Where ``azurite-blob`` is (the first candidate if none is installed)."""
-    explicit = os.environ.get("BOILERMAKER_AZURITE")
+    explicit = os.environ.get(AZURITE_ENV)
     if explicit:
         return Path(explicit)
     candidates = []

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 
 from azure.identity.aio import DefaultAzureCredential
 
-INCLUDE_MSI_ENV = "AZURE_CREDENTIAL_INCLUDE_MSI"
+from boilermaker.config import env_var
+
+INCLUDE_MSI_ENV = env_var("azure_credential_include_msi")
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"", "0", "false", "f", "no", "n", "off"})
