@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from boilermaker import Boilermaker, publishing
+from boilermaker.broker import CALL_OVERHEAD as MESSAGE_OVERHEAD
 from boilermaker.broker import (
     BrokerAuthenticationError,
     BrokerError,
 )
-from boilermaker.envelope import MESSAGE_OVERHEAD, decode_task
+from boilermaker.envelope import decode_task
 from boilermaker.exceptions import (
     ArgumentNotSerializable,
     BoilermakerAppException,

@@ -25,6 +25,15 @@ from boilermaker.exceptions import BoilermakerError
 #: Service Bus Standard tier's maximum message size.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024
 
+#: Bytes kept free in every broker call for the broker's own framing and headers.
+CALL_OVERHEAD = 1024
+
+
+def fits(size: int, limit: int) -> bool:
+    """The size rule: messages of ``size`` bytes in all (:attr:`OutgoingMessage.size`,
+    summed for a batch) fit in one broker call whose limit is ``limit``."""
+    return size + CALL_OVERHEAD <= limit
+
 PropertyValue = str | int | float | bool | bytes | None
 
 

@@ -33,8 +33,6 @@ ENVELOPE_VERSION = "2.0"
 SUPPORTED_MAJORS = frozenset({1, 2})
 CONTENT_TYPE = "application/json"
 
-#: Bytes reserved for the broker's own headers and properties when checking sizes.
-MESSAGE_OVERHEAD = 1024
 
 #: Fields every 1.x release wrote (early ones had no ``task_id``; one is then assigned).
 _LEGACY_KEYS = frozenset({"function_name", "attempts", "policy", "payload"})

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from boilermaker.broker import Broker, BrokerError, OutgoingMessage
-from boilermaker.envelope import CONTENT_TYPE, MESSAGE_OVERHEAD, encode_task
+from boilermaker.broker import CALL_OVERHEAD, Broker, BrokerError, OutgoingMessage, fits
+from boilermaker.envelope import CONTENT_TYPE, encode_task
 from boilermaker.exceptions import MessageTooLarge, PublishError
 from boilermaker.task.serialize import check_arguments
 from boilermaker.task.task import Task
@@ -45,13 +45,12 @@ class Publication:
 
 def batches_by_size(messages: Sequence[OutgoingMessage], limit: int) -> list[list[OutgoingMessage]]:
     """Split messages, in order, into the fewest runs whose sizes fit in one broker call."""
-    budget = max(1, limit - MESSAGE_OVERHEAD)
     batches: list[list[OutgoingMessage]] = []
     current: list[OutgoingMessage] = []
     used = 0
     for message in messages:
         size = message.size
-        if current and used + size > budget:
+        if current and not fits(used + size, limit):
             batches.append(current)
             current, used = [], 0
         current.append(message)
@@ -119,18 +118,20 @@ class Publisher:
             hook.before_publish(task, properties)
         check_chain_arguments(task)
         body = encode_task(task, wrapped=item.wrapped)
-        limit = self.broker.max_message_size
-        size = len(body) + MESSAGE_OVERHEAD
-        if size > limit:
-            raise MessageTooLarge(size, limit, f"task {task.function_name!r} ({task.task_id})")
         scheduled = datetime.now(UTC) + timedelta(seconds=item.delay) if item.delay > 0 else None
-        return OutgoingMessage(
+        message = OutgoingMessage(
             body=body,
             message_id=item.message_id or str(task.task_id),
             scheduled_enqueue_time=scheduled,
             application_properties=properties,
             content_type=CONTENT_TYPE,
         )
+        limit = self.broker.max_message_size
+        if not fits(message.size, limit):
+            raise MessageTooLarge(
+                message.size + CALL_OVERHEAD, limit, f"task {task.function_name!r} ({task.task_id})"
+            )
+        return message
 
     async def publish(self, items: Sequence[Publication], attempts: int = 1) -> list[Task]:
         """Send every item; sets each task's ``sequence_number`` when the broker reports it."""
