@@ -9,6 +9,7 @@ install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --group docs
 	@if [ -f package-lock.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then npm ci --no-audit --no-fund; fi
+	$(UV) run --no-sync python tests/compat/published_env.py install
 
 test: install
 	$(UV) run pytest $(PYTEST_ARGS)

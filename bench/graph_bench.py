@@ -25,14 +25,15 @@ Measured per run:
   for 1.4.1, to the ``BlobServiceClient`` it builds for every operation (a
   subclass of its ``BlobClientStorage`` overrides ``get_blob_service_client``).
 
-The published ``boilermaker-servicebus==1.4.1`` is installed by this script
-into ``.bench/graphs-1.4.1`` (``uv venv`` + ``uv pip install``) and run there
-in a subprocess. It is wired with its ``Boilermaker``, the toolbox's
-``ManagedAzureServiceBusSender`` on the emulator's connection string (its
-readiness message set to the library's own debug task, as its
-``AzureServiceBus`` wrapper does), and its ``BlobClientStorage`` on Azurite's
-account URL with the account key as credential. 1.4.1 holds ``state``
-through a weak proxy, so the child keeps the strong reference.
+The published ``boilermaker-servicebus==1.4.1`` runs in a subprocess, in the
+pinned environment the compatibility tests use (``tests/compat/published_env.py``,
+installed by ``make install``, or here on first use). It is wired with its
+``Boilermaker``, the toolbox's ``ManagedAzureServiceBusSender`` on the
+emulator's connection string (its readiness message set to the library's own
+debug task, as its ``AzureServiceBus`` wrapper does), and its
+``BlobClientStorage`` on Azurite's account URL with the account key as
+credential. 1.4.1 holds ``state`` through a weak proxy, so the child keeps
+the strong reference.
 
 Then ops/node of ours alone for chains and fan-outs (1 -> N-2 -> 1) of 10,
 100 and 1,000 nodes, which should stay flat.
@@ -46,9 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -57,6 +55,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.compat import published_env
 
 from boilermaker import Boilermaker
 from boilermaker.emulator.config import QueueSettings
@@ -67,13 +67,9 @@ from boilermaker.storage import BlobClientStorage
 from boilermaker.storage.azurite import ACCOUNT_KEY, Azurite
 from boilermaker.task import TaskGraph, TaskGraphBuilder, TaskStatus
 
-#: The uv binary: the one running us (``uv run`` sets UV), else the one on PATH.
-UV = os.environ.get("UV") or shutil.which("uv") or "uv"
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PUBLISHED_VERSION = "1.4.1"
-PUBLISHED_VENV = REPO_ROOT / ".bench" / f"graphs-{PUBLISHED_VERSION}"
-PUBLISHED_CHILD = PUBLISHED_VENV / "graph_child.py"
+PUBLISHED_VERSION = published_env.VERSION
+PUBLISHED_CHILD = REPO_ROOT / ".bench" / f"graph_child_{PUBLISHED_VERSION}.py"
 
 #: How long the graph must have made no blob request to count as quiet.
 QUIET = 0.5
@@ -398,33 +394,10 @@ if __name__ == "__main__":
 
 
 def ensure_published_venv() -> Path:
-    """Install boilermaker-servicebus==1.4.1 into .bench/graphs-1.4.1 (once); its python."""
-    python = PUBLISHED_VENV / "bin" / "python"
-    marker = (
-        PUBLISHED_VENV
-        / "lib"
-        / f"python{sys.version_info.major}.{sys.version_info.minor}"
-        / "site-packages"
-        / f"boilermaker_servicebus-{PUBLISHED_VERSION}.dist-info"
-    )
-    if not marker.exists():
-        print(f"installing boilermaker-servicebus=={PUBLISHED_VERSION} into {PUBLISHED_VENV}")
-        subprocess.run(
-            [UV, "venv", "--quiet", "--python", sys.executable, str(PUBLISHED_VENV)],
-            check=True,
-        )
-        subprocess.run(
-            [
-                UV,
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                str(python),
-                f"boilermaker-servicebus=={PUBLISHED_VERSION}",
-            ],
-            check=True,
-        )
+    """The pinned 1.4.1 environment (installed once, shared with the compatibility tests),
+    with the child script written beside the benchmarks; its python."""
+    python = published_env.ensure()
+    PUBLISHED_CHILD.parent.mkdir(exist_ok=True)
     PUBLISHED_CHILD.write_text(CHILD_SOURCE)
     return python
 
@@ -458,7 +431,7 @@ async def run_published(
             str(shape.nodes),
             "--timeout",
             str(timeout),
-            cwd=PUBLISHED_VENV,
+            cwd=PUBLISHED_CHILD.parent,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

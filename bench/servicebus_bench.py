@@ -11,9 +11,10 @@ comparable with each other; the ratios are what to read:
    awaited one after another;
 2. our worker on no-op tasks and 10 ms tasks at concurrency 1, 16 and 64
    (pre-published with ``apply_many``, so the receive side is measured alone);
-3. the published ``boilermaker-servicebus==1.4.1``, installed by this script
-   into ``.bench/v141`` and run as a subprocess on the same workloads (it runs
-   one task at a time, whatever the concurrency);
+3. the published ``boilermaker-servicebus==1.4.1``, run as a subprocess on the
+   same workloads from the pinned environment the compatibility tests use
+   (``tests/compat/published_env.py``; it runs one task at a time, whatever
+   the concurrency);
 4. publishing: sequential ``apply_async``, and the batch publish
    (``apply_many``), against 1.4.1's sequential ``apply_async``;
 5. concurrent publishing: ``asyncio.gather`` of 50 ``apply_async`` at a time,
@@ -38,9 +39,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -51,6 +49,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusClient
+from tests.compat import published_env
 
 from bench.common import (
     RssSampler,
@@ -65,14 +64,9 @@ from boilermaker import Boilermaker
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
 
-#: The uv binary: the one running us (``uv run`` sets UV), else the one on PATH.
-UV = os.environ.get("UV") or shutil.which("uv") or "uv"
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-V141_VENV = BENCH_DIR / "v141"
 V141_SCRIPT = BENCH_DIR / "v141_child.py"
-V141_SPEC = "boilermaker-servicebus==1.4.1"
 
 CONCURRENCIES = (1, 16, 64)
 SLEEP = 0.010
@@ -504,23 +498,10 @@ main()
 
 
 def ensure_v141() -> Path:
-    """Install 1.4.1 into ``.bench/v141`` (once) and write its runner script; its python."""
-    python = V141_VENV / "bin" / "python"
+    """The pinned 1.4.1 environment (installed once, shared with the compatibility tests,
+    psutil included), with its runner script written; its python."""
+    python = published_env.ensure()
     BENCH_DIR.mkdir(exist_ok=True)
-    marker = V141_VENV / ".installed"
-    if not marker.exists():
-        print(f"  installing {V141_SPEC} into {V141_VENV} ...", file=sys.stderr, flush=True)
-        subprocess.run(
-            [UV, "venv", "-q", "--clear", "--python", "3.11", str(V141_VENV)], check=True
-        )
-        env = {**os.environ, "VIRTUAL_ENV": str(V141_VENV)}
-        env.pop("UV_PROJECT_ENVIRONMENT", None)
-        subprocess.run(
-            [UV, "pip", "install", "-q", "--python", str(python), V141_SPEC, "psutil"],
-            check=True,
-            env=env,
-        )
-        marker.write_text(V141_SPEC + "\n")
     V141_SCRIPT.write_text(V141_CHILD)
     return python
 

@@ -1,0 +1,1 @@
+"""Compatibility with the published boilermaker-servicebus 1.4.1, run side by side with it."""
