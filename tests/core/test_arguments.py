@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from boilermaker import Boilermaker
+from boilermaker import Boilermaker, RetryPolicy
 from boilermaker.exceptions import ArgumentNotSerializable, BoilermakerAppException
 from boilermaker.memory import InMemoryBroker
 from boilermaker.task import Task
@@ -115,7 +115,7 @@ def test_deeply_nested_arguments_are_refused_cleanly() -> None:
     deep: list[Any] = []
     for _ in range(10_000):
         deep = [deep]
-    with pytest.raises(ArgumentNotSerializable, match="nested too deeply"):
+    with pytest.raises(ArgumentNotSerializable, match="nested more than 64 levels deep"):
         check_arguments("f", [], {"deep": deep})
 
 
@@ -131,15 +131,68 @@ def test_json_values_are_accepted() -> None:
 async def test_publish_task_refuses_a_hand_built_task(
     app: Boilermaker, broker: InMemoryBroker
 ) -> None:
-    task = Task(function_name="schedule", payload={"args": [datetime.date.today()], "kwargs": {}})
-    with pytest.raises(ArgumentNotSerializable, match=r"args\[0\]"):
-        await app.publish_task(task)
+    with pytest.raises(ValueError, match=r"args\[0\] cannot travel as JSON"):
+        Task(function_name="schedule", payload={"args": [datetime.date.today()], "kwargs": {}})
     changed = app.create_task(schedule, 1)
     changed.payload["kwargs"]["at"] = {1, 2}
     with pytest.raises(ArgumentNotSerializable, match=r"kwargs\['at'\]"):
         await app.publish_task(changed)
     chained = app.create_task(schedule, 1)
-    chained.on_failure = Task(function_name="schedule", payload={"args": [float("nan")]})
+    chained.on_failure = Task(function_name="schedule", payload={"args": [1]})
+    chained.on_failure.payload["args"][0] = float("nan")
     with pytest.raises(ArgumentNotSerializable, match="NaN"):
         await app.publish_task(chained)
     assert broker.send_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "path", "why"),
+    [
+        (["ok", "bad \ud800"], {}, r"args\[1\]", "lone surrogate"),
+        ([], {"k": {"x\udfff": 1}}, r"kwargs\['k'\]", "lone surrogate"),
+        ([], {"\ud800": 1}, r"kwargs", "lone surrogate"),
+    ],
+)
+def test_arguments_utf8_cannot_encode_are_refused(
+    args: list[Any], kwargs: dict[str, Any], path: str, why: str
+) -> None:
+    with pytest.raises(ArgumentNotSerializable, match=f"{path}.*{why}"):
+        Task.si("f", *args, **kwargs)
+
+
+def test_a_message_whose_arguments_cannot_travel_is_invalid_task_format() -> None:
+    from boilermaker.envelope import decode_task
+    from boilermaker.exceptions import InvalidTaskFormat
+
+    body = (
+        b'{"boilermaker":"2.0","function_name":"f","task_id":"t-1",'
+        b'"attempts":{"attempts":0,"last_retry":"2026-01-01T00:00:00Z"},'
+        b'"policy":{"max_tries":1,"delay":0,"delay_max":0,"retry_mode":0},'
+        b'"payload":{"args":["\\ud800"],"kwargs":{}}}'
+    )
+    with pytest.raises(InvalidTaskFormat, match="lone surrogate"):
+        decode_task(body)
+    deep = b"[" * 100 + b"]" * 100
+    with pytest.raises(InvalidTaskFormat, match="nested more than"):
+        decode_task(body.replace(b'["\\ud800"]', b"[" + deep + b"]"))
+
+
+@pytest.mark.parametrize("delay", [10**12, float("nan"), float("inf"), "5", True])
+async def test_delays_out_of_range_are_refused_before_sending(
+    app: Boilermaker, broker: InMemoryBroker, delay: Any
+) -> None:
+    with pytest.raises(BoilermakerAppException, match="delay must be a number of seconds"):
+        await app.apply_async(schedule, 1, delay=delay)
+    assert broker.send_calls == 0
+
+
+def test_policies_are_bounded_where_they_enter() -> None:
+    from pydantic import ValidationError
+
+    from boilermaker.retries import MAX_DELAY_SECONDS
+
+    with pytest.raises(ValidationError, match="less than or equal to 2592000"):
+        RetryPolicy(delay=10**12)
+    with pytest.raises(ValidationError):
+        RetryPolicy(delay_max=MAX_DELAY_SECONDS + 1)
+    assert RetryPolicy(delay=MAX_DELAY_SECONDS, delay_max=MAX_DELAY_SECONDS).delay == 2592000

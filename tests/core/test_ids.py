@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import pytest
 
 from boilermaker import ids
-from boilermaker.ids import new_graph_id, new_task_id, uuid7
+from boilermaker.ids import InvalidId, check_id, new_graph_id, new_task_id, uuid7
 
 
 def test_uuid7_has_version_7_and_the_rfc_variant() -> None:
@@ -80,3 +81,53 @@ def test_ids_stay_increasing_when_the_clock_steps_back(monkeypatch: pytest.Monke
     after = [uuid7().int for _ in range(100)]
     assert all(before < value for value in after)
     assert after == sorted(after)
+
+
+# -- ids are safe blob names ---------------------------------------------------------------
+
+
+BAD_IDS = ["", "../x", "a/b", "..", ".hidden", "a..b", "x" * 129, "a b", "t\x00", "é", "a\\b"]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_ids_that_could_escape_their_folder_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidId, match="not a valid id"):
+        check_id(bad, "task id")
+
+
+@pytest.mark.parametrize("good", ["01a2-b3", "t-1", "a.b_c", "x" * 128, "0"])
+def test_safe_ids_are_kept(good: str) -> None:
+    assert check_id(good) == good
+
+
+@pytest.mark.parametrize("field", ["task_id", "graph_id"])
+def test_a_message_with_a_path_in_an_id_is_invalid_task_format(field: str) -> None:
+    from boilermaker.envelope import decode_task, encode_task
+    from boilermaker.exceptions import InvalidTaskFormat
+    from boilermaker.task import Task
+
+    doc = json.loads(encode_task(Task.si("f")))
+    doc[field] = "../../other/evil"
+    with pytest.raises(InvalidTaskFormat, match=f"{field}.*not a valid id"):
+        decode_task(json.dumps(doc).encode())
+
+
+async def test_no_blob_name_is_built_from_a_bad_id() -> None:
+    from boilermaker import Boilermaker
+    from boilermaker.memory import InMemoryBroker, InMemoryResultsStore
+    from boilermaker.results import graph_blob, node_blob, standalone_blob
+    from boilermaker.task import TaskGraphBuilder
+
+    for build in (
+        lambda: graph_blob("../x"),
+        lambda: node_blob("g", "../../other/evil"),
+        lambda: standalone_blob("a/b"),
+        lambda: TaskGraphBuilder(graph_id="../g"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidId):
+            build()
+    store = InMemoryResultsStore()
+    app = Boilermaker({}, InMemoryBroker(), results_storage=store)
+    with pytest.raises(InvalidId):
+        await app.get_result("../../other/task-results/x")
+    assert await store.list_names("") == []

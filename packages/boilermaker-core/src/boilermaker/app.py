@@ -179,15 +179,13 @@ class Boilermaker:
         Sets ``task.sequence_number`` when the broker reports one (always for
         delayed tasks).
         """
-        if delay < 0:
-            raise BoilermakerAppException(f"delay must be >= 0 seconds, got {delay}")
         if task.task_id == NullTaskId:
             raise BoilermakerAppException(
                 "refusing to publish a task with the null task id (a prototype, never given "
                 "an id of its own)"
             )
         (published,) = await self.publisher.publish(
-            [Publication(task, float(delay), unique_msg_id)], publish_attempts
+            [Publication(task, delay, unique_msg_id)], publish_attempts
         )
         return published
 
@@ -195,10 +193,8 @@ class Boilermaker:
         self, tasks: Sequence[Task], delay: float = 0, publish_attempts: int = 1
     ) -> list[Task]:
         """Publish many tasks in as few broker calls as the message size limit allows."""
-        if delay < 0:
-            raise BoilermakerAppException(f"delay must be >= 0 seconds, got {delay}")
         return await self.publisher.publish(
-            [Publication(task, float(delay)) for task in tasks], publish_attempts
+            [Publication(task, delay) for task in tasks], publish_attempts
         )
 
     async def apply_many(

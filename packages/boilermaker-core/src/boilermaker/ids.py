@@ -8,6 +8,7 @@ across processes without coordination.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -23,6 +24,28 @@ NullTaskId = TaskId("00000000-0000-0000-0000-000000000000")
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+
+
+#: Task and graph ids become blob names (``task-results/{graph_id}/{task_id}.json``),
+#: so they are limited to one safe alphabet: 1-128 characters of ASCII letters,
+#: digits, ``-``, ``_`` and ``.``, starting with a letter or digit. No ``/``, no
+#: ``..``: an id can never name a blob outside its own folder, or another container.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_RULE = "1-128 characters of letters, digits, '-', '_' and '.', starting with a letter or digit"
+
+
+class InvalidId(ValueError):
+    """An id that could name a blob outside its folder (or is empty, or too long)."""
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """``value`` if it is a valid task or graph id, else :class:`InvalidId` naming ``what``."""
+    if not isinstance(value, str):
+        raise InvalidId(f"{what} must be a string, not {type(value).__name__}")
+    if not ID_PATTERN.fullmatch(value) or ".." in value:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidId(f"{what} {shown!r} is not a valid id ({ID_RULE})")
+    return value
 
 
 def uuid7() -> uuid.UUID:

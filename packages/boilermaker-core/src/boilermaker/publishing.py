@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from boilermaker.broker import CALL_OVERHEAD, Broker, BrokerError, OutgoingMessage, fits
 from boilermaker.envelope import CONTENT_TYPE, encode_task
-from boilermaker.exceptions import MessageTooLarge, PublishError
+from boilermaker.exceptions import BoilermakerAppException, MessageTooLarge, PublishError
+from boilermaker.retries import MAX_DELAY_SECONDS
 from boilermaker.task.serialize import check_arguments
 from boilermaker.task.task import Task
 from boilermaker.tracing import Span, Tracing
@@ -107,6 +108,16 @@ class Publisher:
         """Encode one task (with ``span``'s trace context), refusing it if it is over
         the broker's size limit."""
         task = item.task
+        delay = item.delay
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (0 <= delay <= MAX_DELAY_SECONDS)
+        ):
+            raise BoilermakerAppException(
+                f"delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS} (30 days), "
+                f"got {delay!r}"
+            )
         properties: dict[str, Any] = {
             "boilermaker_function": task.function_name,
             "boilermaker_task_id": str(task.task_id),

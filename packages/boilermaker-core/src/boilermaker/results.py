@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from boilermaker.ids import check_id
 from boilermaker.results_store import BlobExists, LeaseConflict, PreconditionFailed, ResultsStore
 from boilermaker.task.status import TaskResult, TaskStatus
 
@@ -35,24 +36,34 @@ CONFLICT_BACKOFF = (0.0, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 NOT_YET, SUCCEEDED, FAILED, SKIPPED = ".", "s", "f", "k"
 
 
+# Every blob name is built here, from checked ids (boilermaker.ids.check_id): an id
+# can never name a blob outside task-results/ or another container.
+
+
 def graph_blob(graph_id: str) -> str:
     """Name of a graph's structure blob."""
-    return f"{PREFIX}/{graph_id}/graph.json"
+    return f"{PREFIX}/{check_id(graph_id, 'graph id')}/graph.json"
 
 
 def node_blob(graph_id: str, task_id: str) -> str:
     """Name of a graph node's record."""
-    return f"{PREFIX}/{graph_id}/{task_id}.json"
+    return f"{PREFIX}/{check_id(graph_id, 'graph id')}/{check_id(task_id, 'task id')}.json"
 
 
 def graph_status_blob(graph_id: str) -> str:
     """Name of a graph's end-of-graph record."""
-    return f"{PREFIX}/{graph_id}/graph-status.json"
+    return f"{PREFIX}/{check_id(graph_id, 'graph id')}/graph-status.json"
 
 
 def standalone_blob(task_id: str) -> str:
     """Name of a standalone task's result."""
+    task_id = check_id(task_id, "task id")
     return f"{PREFIX}/{task_id}/{task_id}.json"
+
+
+def graph_folder(graph_id: str) -> str:
+    """The folder of a graph's blobs (or of a standalone task's result), with the slash."""
+    return f"{PREFIX}/{check_id(graph_id, 'graph id')}/"
 
 
 Mutation = Callable[["NodeRecord"], "NodeRecord | None"]

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TRIES_LIMIT = 100
 
+#: The longest delay a policy (or a publish) may ask for: 30 days, in seconds. Retries
+#: are Service Bus scheduled messages; a bound keeps every schedule computable (an
+#: unbounded delay overflows the clock) and well inside a queue's message lifetime.
+MAX_DELAY_SECONDS = 30 * 24 * 3600
+
 
 class RetryMode(enum.IntEnum):
     """How the delay grows between attempts."""
@@ -39,8 +44,8 @@ class RetryPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_tries: int = Field(default=5, ge=0, le=MAX_TRIES_LIMIT)
-    delay: int = Field(default=0, ge=0)
-    delay_max: int = Field(default=3600, ge=0)
+    delay: int = Field(default=0, ge=0, le=MAX_DELAY_SECONDS)
+    delay_max: int = Field(default=3600, ge=0, le=MAX_DELAY_SECONDS)
     retry_mode: RetryMode = RetryMode.Fixed
 
     @classmethod

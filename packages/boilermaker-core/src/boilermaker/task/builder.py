@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Self, TypeAlias
 
 from boilermaker.exceptions import GraphBuildError
-from boilermaker.ids import GraphId, TaskId, new_graph_id
+from boilermaker.ids import GraphId, TaskId, check_id, new_graph_id
 from boilermaker.task.graph import TaskGraph
 from boilermaker.task.task import Task, TaskChain
 
@@ -65,7 +65,7 @@ class TaskGraphBuilder:
     """
 
     def __init__(self, graph_id: GraphId | None = None) -> None:
-        self._graph_id = graph_id or new_graph_id()
+        self._graph_id = GraphId(check_id(graph_id, "graph_id")) if graph_id else new_graph_id()
         self._tasks: dict[TaskId, Task] = {}
         self._parents: dict[TaskId, list[TaskId]] = {}
         self._handlers: dict[TaskId, Task] = {}

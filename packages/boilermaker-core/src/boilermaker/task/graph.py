@@ -30,10 +30,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from boilermaker.exceptions import GraphBuildError
-from boilermaker.ids import GraphId, TaskId, new_graph_id
+from boilermaker.ids import GraphId, TaskId, check_id, new_graph_id
 from boilermaker.task.status import TaskResult, TaskResultSlim, TaskStatus
 from boilermaker.task.task import Task, known_task_fields
 
@@ -79,6 +79,11 @@ class TaskGraph(BaseModel):
     protocol: int = CURRENT_PROTOCOL
 
     _skipped: set[TaskId] = PrivateAttr(default_factory=set)
+
+    @field_validator("graph_id")
+    @classmethod
+    def _graph_id_is_safe(cls, value: str) -> str:
+        return check_id(value, "graph_id")
 
     @model_validator(mode="before")
     @classmethod

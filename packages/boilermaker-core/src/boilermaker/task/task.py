@@ -9,9 +9,9 @@ from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from boilermaker.ids import GraphId, TaskId, new_task_id
+from boilermaker.ids import GraphId, TaskId, check_id, new_task_id
 from boilermaker.retries import RetryAttempts, RetryPolicy
-from boilermaker.task.serialize import check_arguments
+from boilermaker.task.serialize import check_arguments, first_problem
 
 
 class FunctionOptions(BaseModel):
@@ -80,6 +80,16 @@ class Task(BaseModel):
     on_failure: Task | None = None
     sequence_number: int | None = Field(default=None, exclude=True)
 
+    @field_validator("task_id")
+    @classmethod
+    def _task_id_is_safe(cls, value: str) -> str:
+        return check_id(value, "task_id")
+
+    @field_validator("graph_id")
+    @classmethod
+    def _graph_id_is_safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "graph_id")
+
     @field_validator("payload")
     @classmethod
     def _payload_shape(cls, payload: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +102,10 @@ class Task(BaseModel):
         kwargs = payload.get("kwargs", {})
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ValueError("payload 'kwargs' must be an object with string keys")
+        found = first_problem(payload.get("args", []), kwargs)
+        if found is not None:
+            path, _value, why = found
+            raise ValueError(f"argument {path} cannot travel as JSON: {why}")
         return payload
 
     @classmethod
