@@ -42,8 +42,25 @@ DEPENDS_ON["tail"] = ["join"]
 READINESS_FUNCTION = "debug_task"
 
 CLI_PENDING = (
-    "pending: `boilermaker --storage-url URL --container NAME inspect --graph ID --json` "
+    "pending: `boilermaker --container NAME inspect --graph ID --json` "
     "(1.4.1's command line, upgrade guide section 5) does not exist yet"
+)
+
+
+def _cli() -> Path:
+    return Path(sys.executable).with_name("boilermaker")
+
+
+def _has_inspect_command() -> bool:
+    done = subprocess.run(
+        [str(_cli()), "inspect", "--help"], capture_output=True, timeout=60, check=False
+    )
+    return done.returncode == 0
+
+
+#: Expected to fail while the command is missing; a test like any other once it exists.
+pending_inspect_command = pytest.mark.xfail(
+    not _has_inspect_command(), strict=True, raises=AssertionError, reason=CLI_PENDING
 )
 
 
@@ -104,21 +121,21 @@ def _statuses(azurite: Azurite, graph: Published) -> dict[str, str]:
 
 
 def _inspect(azurite: Azurite, graph: Published) -> tuple[int, str, str]:
-    """``boilermaker inspect --json`` as 1.4.1's users run it, aimed at Azurite."""
-    cli = Path(sys.executable).with_name("boilermaker")
+    """``boilermaker --container NAME inspect --graph ID --json``, aimed at Azurite.
+
+    1.4.1's users give ``--storage-url`` and sign in with DefaultAzureCredential,
+    which Azurite cannot take; here the account is Azurite's connection string
+    from the environment, and every other argument is theirs.
+    """
     env = {
-        **os.environ,
-        # Azurite takes no Azure credential: its connection string, under the name the
-        # upgrade guide's command line is expected to read (and the results commands').
-        "BOILERMAKER_STORAGE_CONNECTION_STRING": azurite.connection_string,
-        "BOILERMAKER_RESULTS_CONNECTION_STRING": azurite.connection_string,
-        "NO_COLOR": "1",
+        k: v for k, v in os.environ.items() if not k.startswith(("BOILERMAKER_", "SERVICE_BUS_"))
     }
+    env.update(
+        {"BOILERMAKER_STORAGE_CONNECTION_STRING": azurite.connection_string, "NO_COLOR": "1"}
+    )
     done = subprocess.run(
         [
-            str(cli),
-            "--storage-url",
-            azurite.blob_endpoint,
+            str(_cli()),
             "--container",
             graph.container,
             "inspect",
@@ -216,7 +233,7 @@ async def test_a_graph_published_by_141_is_stored_as_documented(
     assert _without_readiness(contents.left_functions) == {"root": 1}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CLI_PENDING)
+@pending_inspect_command
 def test_inspect_reads_a_graph_published_by_141(
     just_published: Published, azurite: Azurite, record_counts: Callable[..., Path]
 ) -> None:
@@ -331,6 +348,7 @@ def test_new_workers_finish_a_graph_published_by_141(
         tasks_run=sum(worked["runs"].values()),
         seconds=worked["seconds"],
         dead_lettered=sum(contents.dead_letter_reasons.values()),
+        dead_letter_reasons=dict(contents.dead_letter_reasons),
         dead_letters=contents.dead_letters,
         left_in_queue=contents.left,
         left_by_function=dict(contents.left_functions),
@@ -353,7 +371,7 @@ def test_new_workers_finish_a_graph_published_by_141(
     assert progress["stalled"] == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CLI_PENDING)
+@pending_inspect_command
 def test_inspect_reads_a_141_graph_finished_by_new_workers(
     finished_by_new_workers: tuple[Published, dict[str, Any], QueueContents],
     azurite: Azurite,
