@@ -10,6 +10,7 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)
 
+from boilermaker import redact as _redact
 from boilermaker import retries
 from boilermaker.app import Boilermaker
 from boilermaker.exceptions import (
@@ -42,6 +43,8 @@ from boilermaker.task import (
     TaskResult,
     TaskStatus,
 )
+
+_redact.install()  # no secret in any Boilermaker log line
 
 __version__ = "2.0.0"
 

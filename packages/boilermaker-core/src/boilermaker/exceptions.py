@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 class BoilermakerError(Exception):
-    """Base class of every error Boilermaker raises on purpose."""
+    """Base class of every error Boilermaker raises on purpose.
+
+    Its text never carries a secret: keys, signatures and URL query strings
+    are masked (:func:`boilermaker.redact.redact`) when it is made.
+    """
+
+    def __init__(self, *args: object) -> None:
+        from boilermaker.redact import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class BoilermakerAppException(BoilermakerError):

@@ -20,6 +20,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from boilermaker.redact import redact_url
 from boilermaker.results_store import ResultsStoreError
 
 
@@ -46,6 +47,10 @@ class StorageLocation:
     account_name: str
     container_name: str
     url: str
+
+    def __post_init__(self) -> None:
+        # A SAS URL's query string is its signature: never kept for showing.
+        object.__setattr__(self, "url", redact_url(self.url))
 
     def describe(self) -> str:
         """``container 'c' in storage account 'a' (url)``."""
