@@ -135,15 +135,6 @@ def test_a_new_worker_runs_every_task_a_published_publisher_sends(
     assert _without_readiness(contents.left_functions) == {}, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "pending: the new worker dead-letters 1.4.1's readiness message (its debug_task, "
-        "sent by 1.4.1's AzureServiceBus sender pool on every new connection) as "
-        "ExpectationFailed instead of settling it silently as 1.4.1 workers do"
-    ),
-)
 def test_a_new_worker_settles_the_published_readiness_messages_silently(
     published_to_ours: dict[str, Any], record_counts: Callable[..., Path]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,27 @@ logger = logging.getLogger("boilermaker.service_bus")
 #: Bodies of the readiness messages that connection pools (aio-azure-clients-toolbox,
 #: and so the published boilermaker 1.x) publish into the queue they send to.
 READINESS_BODIES = frozenset({b"Connection established"})
+
+#: The function name of the readiness task 1.x publishers put on the queue.
+READINESS_TASK = "debug_task"
+
+
+def _is_1x_readiness_task(body: bytes) -> bool:
+    if READINESS_TASK.encode() not in body[:2048] or len(body) > 4096:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        isinstance(doc, dict)
+        and doc.get("function_name") == READINESS_TASK
+        and doc.get("acks_late") is False
+        and doc.get("graph_id") is None
+        and doc.get("on_success") is None
+        and doc.get("on_failure") is None
+        and doc.get("payload") in ({}, {"args": [], "kwargs": {}})
+    )
 
 
 class AzureServiceBus:
@@ -128,8 +150,10 @@ class AzureServiceBus:
         )
 
     def is_control_message(self, message: ReceivedMessage) -> bool:
-        """True for connection-pool readiness messages, which are not tasks."""
-        return message.body in READINESS_BODIES
+        """True for connection-pool readiness messages, which are not tasks: the pool's
+        default body, and the task 1.x publishers use as theirs (``debug_task``, no
+        arguments, acks early; one per new pooled connection of a 1.x publisher)."""
+        return message.body in READINESS_BODIES or _is_1x_readiness_task(message.body)
 
     async def close(self) -> None:
         """Close pooled sender connections."""
