@@ -246,6 +246,23 @@ async def test_retry_message_arriving_before_the_retry_is_recorded_still_runs() 
 
 
 # -- crashes --------------------------------------------------------------------------------
+# A worker that gives a message back at once when its bookkeeping fails
+# (bookkeeping_patience=0) exercises the redelivery path: the continuation is
+# repeated by the next delivery. By default the worker first retries in-process.
+
+
+async def test_a_failed_write_is_retried_in_process_without_running_anything_twice() -> None:
+    app, steps, broker, store = new_app()
+    a, b, c = node(app, "a"), node(app, "b"), node(app, "c")
+    graph = TaskGraphBuilder().sequence(a, b, c).build()
+    store.fail_write = is_status_write(a.task_id, "success")
+    await app.publish_graph(graph)
+    worker = await app.run_until_idle(timeout=10)
+
+    assert worker.stats.abandoned == 0
+    assert steps.started == Counter(a=1, b=1, c=1)
+    await completed(app, graph)
+    assert broker.is_idle()
 
 
 async def test_crash_between_publishing_a_child_and_marking_it_scheduled() -> None:
@@ -254,7 +271,7 @@ async def test_crash_between_publishing_a_child_and_marking_it_scheduled() -> No
     graph = TaskGraphBuilder().add(a).parallel(b, c, depends_on=a).build()
     store.fail_write = is_status_write(b.task_id, "scheduled")
     await app.publish_graph(graph)
-    worker = await app.run_until_idle(timeout=10, concurrency=4)
+    worker = await app.run_until_idle(timeout=10, concurrency=4, bookkeeping_patience=0)
 
     assert worker.stats.abandoned >= 1, "the injected crash did not happen"
     assert steps.finished == Counter(a=1, b=1, c=1)
@@ -269,7 +286,7 @@ async def test_crash_while_recording_a_result_reruns_only_that_node() -> None:
     graph = TaskGraphBuilder().sequence(a, b).build()
     store.fail_write = is_status_write(a.task_id, "success")
     await app.publish_graph(graph)
-    worker = await app.run_until_idle(timeout=10)
+    worker = await app.run_until_idle(timeout=10, bookkeeping_patience=0)
 
     assert worker.stats.abandoned == 1
     # The result was never recorded, so the node ran again; its child once.
@@ -317,7 +334,7 @@ async def test_crash_before_publishing_a_retry_lets_the_redelivery_run_the_node(
 
     broker.fail_send = fail_every_retry_attempt_once
     await app.publish_graph(graph)
-    worker = await app.run_until_idle(timeout=10)
+    worker = await app.run_until_idle(timeout=10, bookkeeping_patience=0)
 
     assert fired == ["retry"] * FOLLOW_UP_ATTEMPTS
     assert worker.stats.abandoned == 1
@@ -376,7 +393,7 @@ async def test_crash_at_the_write_that_dispatches_a_shared_handler() -> None:
     (handler,) = (t for t, task in graph.tasks.items() if task.args == ["handler"])
     store.fail_write = is_status_write(handler, "scheduled")
     await app.publish_graph(graph)
-    worker = await app.run_until_idle(timeout=10, concurrency=4)
+    worker = await app.run_until_idle(timeout=10, concurrency=4, bookkeeping_patience=0)
 
     assert worker.stats.abandoned >= 1, "the injected crash did not happen"
     assert steps.started["handler"] == 1
@@ -400,7 +417,7 @@ async def test_crash_when_publishing_a_shared_handler_redispatches_it_once() -> 
 
     broker.fail_send = fail_the_handler_publish_once
     await app.publish_graph(graph)
-    worker = await app.run_until_idle(timeout=10, concurrency=4)
+    worker = await app.run_until_idle(timeout=10, concurrency=4, bookkeeping_patience=0)
 
     assert len(fired) == FOLLOW_UP_ATTEMPTS
     assert worker.stats.abandoned >= 1
@@ -438,7 +455,7 @@ async def test_recover_dispatches_a_pending_node_whose_parents_all_succeeded() -
     graph = TaskGraphBuilder().sequence(a, b, c).build()
     await app.publish_graph(graph)
     broker.fail_send = lambda messages: any(m.message_id == b.task_id for m in messages)
-    await app.run_until_idle(timeout=10)
+    await app.run_until_idle(timeout=10, bookkeeping_patience=0)
     progress = await app.graph_progress(graph.graph_id)
     assert progress is not None
     assert progress.statuses[a.task_id] is TaskStatus.Success

@@ -24,6 +24,9 @@ class WorkerSettings:
       cancelled before its lock can lapse, so it never runs twice at once).
     - ``time_limit_margin``: how long past a task's time limit its lock is
       still renewed, so the cancelled task's message is settled under its lock.
+    - ``bookkeeping_patience``: how long the worker keeps retrying its own
+      bookkeeping (claims, results, follow-ups) while the store or broker is
+      unreachable, before it gives the message back.
     """
 
     concurrency: int = 16
@@ -36,6 +39,7 @@ class WorkerSettings:
     description_limit: int = 1024
     task_timeout: float | None = None
     time_limit_margin: float = 5.0
+    bookkeeping_patience: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -50,6 +54,8 @@ class WorkerSettings:
             raise ValueError("lock_renewal_warning is a fraction in (0, 1]")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
+        if self.bookkeeping_patience < 0:
+            raise ValueError(f"bookkeeping_patience must be >= 0, got {self.bookkeeping_patience}")
         if self.task_timeout is not None and self.task_timeout <= 0:
             raise ValueError(f"task_timeout must be positive or None, got {self.task_timeout}")
 

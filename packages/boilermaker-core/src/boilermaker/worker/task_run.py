@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from boilermaker.broker import BrokerError, MessageLockLost, ReceivedMessage, Receiver
 from boilermaker.envelope import decode_task, is_wrapped
@@ -33,6 +33,8 @@ from boilermaker.worker.settings import WorkerSettings, WorkerStats
 from boilermaker.worker.verdict import Action, Kind, Outcome, Verdict, decide
 
 logger = logging.getLogger("boilermaker.app")
+
+T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -126,7 +128,9 @@ class TaskRunner:
         if not task.acks_late and not await self._settle_action(ctx, Action.COMPLETE):
             return Outcome(Kind.INTERRUPTED, description="the message was lost before it could run")
         try:
-            skipped = await self.middleware.before_task(ctx)
+            skipped = await self._patiently(
+                ctx, "before_task", lambda: self.middleware.before_task(ctx)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -136,7 +140,9 @@ class TaskRunner:
         task.record_attempt()
         outcome = await self._run(ctx, task, entry, limit)
         try:
-            return await self.middleware.after_task(ctx, outcome)
+            return await self._patiently(
+                ctx, "after_task", lambda: self.middleware.after_task(ctx, outcome)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -190,6 +196,36 @@ class TaskRunner:
         )
         return Outcome(Kind.SUCCEEDED, result=result)
 
+    async def _patiently(
+        self, ctx: MessageContext, stage: str, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``call()``, tried again while it fails transiently (the store or broker is
+        down), for up to ``bookkeeping_patience`` seconds, with the message's lock kept
+        alive: giving the message back would run a finished task again, and burn
+        deliveries towards the broker's maximum. Every step it repeats is idempotent."""
+        deadline = time.monotonic() + self.settings.bookkeeping_patience
+        pause = 0.05
+        warned = False
+        while True:
+            try:
+                return await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "%s: %s failed (%s); trying again for up to %.0fs",
+                        ctx.label,
+                        stage,
+                        exc,
+                        self.settings.bookkeeping_patience,
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
     def _bookkeeping_failed(self, ctx: MessageContext, stage: str, exc: BaseException) -> Outcome:
         """An error of ours (or a middleware's) around the task: worth another delivery
         only if it may heal; otherwise the message is dead-lettered saying why."""
@@ -234,13 +270,14 @@ class TaskRunner:
         stage = "follow-up"
         try:
             if verdict.action is Action.RETRY:
-                await self._retry(ctx)
+                stage = "retry"
+                await self._patiently(ctx, stage, lambda: self._retry(ctx))
             elif verdict.status is TaskStatus.Success:
                 stage = "on_success"
-                await self.middleware.run("on_success", ctx)
+                await self._patiently(ctx, stage, lambda: self.middleware.run("on_success", ctx))
             elif verdict.failed:
                 stage = "on_failure"
-                await self.middleware.run("on_failure", ctx)
+                await self._patiently(ctx, stage, lambda: self.middleware.run("on_failure", ctx))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -23,7 +23,7 @@ class TracingMiddleware(Middleware):
         self.tracing = tracing
 
     async def before_task(self, ctx: MessageContext) -> Outcome | None:
-        if not self.tracing.enabled or ctx.task is None:
+        if not self.tracing.enabled or ctx.task is None or _KEY in ctx.notes:
             return None
         spans = ExitStack()
         ctx.notes[_KEY] = (
