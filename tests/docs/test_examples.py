@@ -99,13 +99,15 @@ def _run_until(
 ) -> tuple[int, str]:
     """Start ``script``; ``settle`` seconds after its output shows ``until`` (after it
     started, if None), SIGTERM it; return its exit status and output."""
+    # Unbuffered bytes, read straight from the pipe: a buffered reader could hold a
+    # line that the selector never reports again (nor communicate() reads).
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=EXAMPLES,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,
     )
     assert proc.stdout is not None
     output: list[str] = []
@@ -119,16 +121,16 @@ def _run_until(
                     break
                 if not selector.select(timeout=0.1):
                     continue
-                line = proc.stdout.readline()
-                if not line:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
                     break  # it exited
-                output.append(line)
+                output.append(chunk.decode("utf-8", "replace"))
                 if seen_at is None and until is not None and until in "".join(output):
                     seen_at = time.monotonic()
             assert proc.poll() is None, f"{script.name} exited early\n{''.join(output)}"
             proc.send_signal(signal.SIGTERM)
             rest, _ = proc.communicate(timeout=30)
-            output.append(rest)
+            output.append(rest.decode("utf-8", "replace"))
         finally:
             if proc.poll() is None:
                 proc.kill()
