@@ -114,7 +114,7 @@ def test_graph_and_results_commands_without_a_results_store_name_what_is_missing
         "--results-connection-string",
         "UseDevelopmentStorage=true",
         "--results-container",
-        "c",
+        "results",
     )
 
     for missing in (status, result):
@@ -130,7 +130,13 @@ def test_graph_and_results_commands_without_a_results_store_name_what_is_missing
 
 def test_a_malformed_results_connection_string_is_a_usage_error() -> None:
     result = invoke(
-        "results", "get", "t-1", "--results-connection-string", "junk", "--results-container", "c"
+        "results",
+        "get",
+        "t-1",
+        "--results-connection-string",
+        "junk",
+        "--results-container",
+        "results",
     )
 
     assert_usage_error(result, "'--results-connection-string'", "malformed")

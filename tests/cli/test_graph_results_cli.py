@@ -104,7 +104,7 @@ def test_graph_status_shows_every_node(stored_graph: StoredGraph) -> None:
     doc = json.loads(as_json.stdout)
     assert doc["ended"] is True
     assert doc["failed"] is True
-    assert {node["status"] for node in doc["nodes"]} == {"success", "failure"}
+    assert {node["status"] for node in doc["tasks"]} == {"success", "failure"}
 
 
 def test_graph_status_of_an_unknown_graph_is_an_error(stored_graph: StoredGraph) -> None:
@@ -260,4 +260,4 @@ def test_dlq_replay_of_a_graph_task_needs_the_results_store_and_then_reruns_the_
     assert asyncio.run(rerun())["status"] == "success"
     assert state.runs == ["save"]
     status = invoke("graph", "status", graph_id, "--json", *results)
-    assert {node["status"] for node in json.loads(status.stdout)["nodes"]} == {"success"}
+    assert {node["status"] for node in json.loads(status.stdout)["tasks"]} == {"success"}

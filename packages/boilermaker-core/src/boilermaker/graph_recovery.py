@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from boilermaker import graph_node
@@ -78,6 +78,13 @@ async def read_progress(runtime: GraphRuntime, graph_id: str) -> GraphProgress |
     graph = await read_graph(runtime, graph_id)
     if graph is None:
         return None
+    return await progress_of(runtime, graph)
+
+
+async def progress_of(runtime: GraphRuntime, graph: TaskGraph) -> GraphProgress:
+    """The progress of a graph already read by :func:`read_graph` (at most one more
+    read: the end-of-graph record), so a caller that shows both reads each record once."""
+    graph_id = graph.graph_id
     statuses = {t: graph.get_status(t) or TaskStatus.Pending for t in graph.tasks}
     if graph.protocol == LEGACY_PROTOCOL:
         # 1.x keeps no end-of-graph record and never marks a node skipped.
@@ -93,6 +100,20 @@ async def read_progress(runtime: GraphRuntime, graph_id: str) -> GraphProgress |
     return GraphProgress(graph.graph_id, statuses, skipped, ended, failed)
 
 
+@dataclass(slots=True)
+class RecoveryReport:
+    """What :func:`recover_nodes` did, node by node.
+
+    ``recovered`` maps each node published again to its message id;
+    ``failed`` maps each node whose recovery raised to the exception (the
+    other nodes were still tried).
+    """
+
+    graph_id: GraphId
+    recovered: dict[TaskId, str] = field(default_factory=dict)
+    failed: dict[TaskId, Exception] = field(default_factory=dict)
+
+
 async def recover(runtime: GraphRuntime, graph_id: str, stalled_after: timedelta) -> list[TaskId]:
     """Re-dispatch nodes that stalled; returns the ids acted on.
 
@@ -100,40 +121,84 @@ async def recover(runtime: GraphRuntime, graph_id: str, stalled_after: timedelta
     than ``stalled_after``; Pending nodes whose dependencies allow them to run,
     or roots never published. Re-dispatched messages get a fresh message id
     (``<task_id>:recovery:<unix time>``) so duplicate detection does not drop
-    them; the claim resolves any duplicate delivery.
+    them; the claim resolves any duplicate delivery. If a node's recovery
+    fails, the others are still tried, then the first error is raised
+    (:func:`recover_nodes` reports every node instead).
+    """
+    report = await recover_nodes(runtime, graph_id, stalled_after)
+    if report.failed:
+        raise next(iter(report.failed.values()))
+    return list(report.recovered)
+
+
+async def recover_nodes(
+    runtime: GraphRuntime, graph_id: str, stalled_after: timedelta
+) -> RecoveryReport:
+    """:func:`recover`, reporting what happened to each node (published, with its
+    message id, or failed, with the error) instead of raising at the first failure.
+
+    Raises LookupError if the graph is not stored.
     """
     graph = await runtime.load(graph_id)
     if graph is None:
         raise LookupError(f"graph {graph_id} not found")
+    report = RecoveryReport(graph.graph_id)
     now = datetime.now(UTC)
-    acted: list[TaskId] = []
     for task_id in graph.tasks:
-        got = await runtime.records.get(node_blob(graph_id, task_id))
-        if got is None:
+        try:
+            message_id = await _recover_node(runtime, graph, task_id, now, stalled_after)
+        except Exception as exc:
+            logger.error("Recovering graph %s task %s failed: %s", graph_id, task_id, exc)
+            report.failed[task_id] = exc
             continue
-        record, _ = got
-        if record.skipped or record.status.finished:
-            continue
-        if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):
-            since = record.updated_at
-            if record.status is TaskStatus.Retry and record.retry_at:
-                since = max(since, record.retry_at)
-            if now - since >= stalled_after and await redispatch(runtime, graph, task_id):
-                acted.append(task_id)
-            continue
-        if await _dispatch_if_ready(runtime, graph, task_id, record):
-            acted.append(task_id)
+        if message_id is not None:
+            report.recovered[task_id] = message_id
     callback = graph.all_failed_callback_id
-    if graph.protocol != LEGACY_PROTOCOL and callback is not None and callback not in acted:
+    if (
+        graph.protocol != LEGACY_PROTOCOL
+        and callback is not None
+        and callback not in report.recovered
+        and callback not in report.failed
+    ):
         # The end of the graph decides the callback; redo it if that was cut short.
-        end = await runtime.records.get(graph_status_blob(graph_id))
-        got = await runtime.records.get(node_blob(graph_id, callback))
-        ended = end is not None and end[0].status.finished
-        if ended and got is not None and graph_node.undecided(got[0]):
-            assert end is not None
-            if await runtime.end(graph, end[0].failure_seen):
-                acted.append(callback)
-    return acted
+        try:
+            end = await runtime.records.get(graph_status_blob(graph_id))
+            got = await runtime.records.get(node_blob(graph_id, callback))
+            ended = end is not None and end[0].status.finished
+            if ended and got is not None and graph_node.undecided(got[0]):
+                assert end is not None
+                if await runtime.end(graph, end[0].failure_seen):
+                    report.recovered[callback] = str(callback)
+        except Exception as exc:
+            logger.error("Recovering graph %s task %s failed: %s", graph_id, callback, exc)
+            report.failed[callback] = exc
+    return report
+
+
+async def _recover_node(
+    runtime: GraphRuntime,
+    graph: TaskGraph,
+    task_id: TaskId,
+    now: datetime,
+    stalled_after: timedelta,
+) -> str | None:
+    """Recover one node if it needs it; the message id it was published under, else None."""
+    got = await runtime.records.get(node_blob(graph.graph_id, task_id))
+    if got is None:
+        return None
+    record, _ = got
+    if record.skipped or record.status.finished:
+        return None
+    if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):
+        since = record.updated_at
+        if record.status is TaskStatus.Retry and record.retry_at:
+            since = max(since, record.retry_at)
+        if now - since < stalled_after:
+            return None
+        return await redispatch(runtime, graph, task_id)
+    if await _dispatch_if_ready(runtime, graph, task_id, record):
+        return str(task_id)  # dispatched as the graph would have: message id = task id
+    return None
 
 
 async def _dispatch_if_ready(
@@ -161,14 +226,24 @@ def recovery_message_id(task_id: str, action: str = "recovery") -> str:
 
 
 async def redispatch(
-    runtime: GraphRuntime, graph: TaskGraph, task_id: TaskId, action: str = "recovery"
-) -> bool:
-    """Reset a stalled node to Scheduled, unclaimed, and publish it again under a fresh
-    message id; False if it had meanwhile finished or been skipped."""
-    step = Step(lambda rec: graph_node.reset(rec, rerun_failed=False, reset_attempts=False))
+    runtime: GraphRuntime,
+    graph: TaskGraph,
+    task_id: TaskId,
+    action: str = "recovery",
+    *,
+    rerun_failed: bool = False,
+) -> str | None:
+    """Reset a node to Scheduled, unclaimed, and publish it again under a fresh message
+    id (``<task_id>:<action>:<unix time>``); returns that id, or None if the node has
+    no record, succeeded or was skipped, or (without ``rerun_failed``) failed.
+
+    ``rerun_failed`` also resets a failed node (clearing its outcome) so the claim
+    lets it run again: what ``boilermaker invoke --force`` asks for.
+    """
+    step = Step(lambda rec: graph_node.reset(rec, rerun_failed=rerun_failed, reset_attempts=False))
     record = await runtime.records.update(node_blob(graph.graph_id, task_id), step)
     if record is None or record.status is not TaskStatus.Scheduled:
-        return False
+        return None
     message_id = recovery_message_id(task_id, action)
     task = graph.task(task_id).model_copy(deep=True)
     task.attempts.attempts = record.attempt
@@ -176,4 +251,4 @@ async def redispatch(
         [runtime.publication(graph, task_id, message_id, task)], FOLLOW_UP_ATTEMPTS
     )
     logger.warning("Recovered graph %s task %s as message %s", graph.graph_id, task_id, message_id)
-    return True
+    return message_id

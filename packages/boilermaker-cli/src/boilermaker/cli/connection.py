@@ -1,29 +1,52 @@
-"""Where commands connect: Service Bus and results store options, checked at the edge.
+"""Where commands connect: Service Bus and results store settings, checked at the edge.
 
-Settings come from options or their environment variables. A missing or
-malformed setting is a usage error naming the option and the variable; errors
-from the services while a command runs become one-line error messages
-(:func:`run`), never tracebacks.
+This module is the one place that reads connection settings: the global
+options given before the command (``--storage-url``, ``--container``, as the
+1.4.1 command line has them), each command's own options, and their
+environment variables. A missing or malformed setting is a usage error naming
+the option and the variable; errors from the services while a command runs
+become one-line error messages (:func:`run`), never tracebacks, and never
+show a secret.
+
+Which results store setting wins, first match:
+
+1. on the command line: ``--results-connection-string``, then
+   ``--results-storage-url``, then the global ``--storage-url``;
+2. in the environment: ``BOILERMAKER_RESULTS_CONNECTION_STRING``, then its
+   alias ``BOILERMAKER_STORAGE_CONNECTION_STRING``, then
+   ``BOILERMAKER_RESULTS_STORAGE_URL``, then ``BOILERMAKER_STORAGE_URL``.
+
+The container likewise: ``--results-container``, ``--container``,
+``BOILERMAKER_RESULTS_CONTAINER``, ``BOILERMAKER_CONTAINER``. A storage URL
+signs in with ``DefaultAzureCredential``; a connection string (account key or
+SAS) serves Azurite and local use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
+import re
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
 
 import click
 from click.core import ParameterSource
 
 from boilermaker.broker import BrokerAuthenticationError, BrokerError
+from boilermaker.cli.output import configure_verbose_logging, redact
 from boilermaker.config import ConfigError
 from boilermaker.exceptions import BoilermakerError
-from boilermaker.results_store import ResultsStore, ResultsStoreError
+from boilermaker.results_store import ResultsStoreError
 
 if TYPE_CHECKING:
     from boilermaker.service_bus import AzureServiceBus
+    from boilermaker.storage import BlobClientStorage
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,13 +57,122 @@ QUEUE_ENV = "SERVICE_BUS_QUEUE_NAME"
 RESULTS_CONNECTION_STRING_ENV = "BOILERMAKER_RESULTS_CONNECTION_STRING"
 RESULTS_STORAGE_URL_ENV = "BOILERMAKER_RESULTS_STORAGE_URL"
 RESULTS_CONTAINER_ENV = "BOILERMAKER_RESULTS_CONTAINER"
+#: The 1.4.1 command line's variables (global options), and a connection-string alias.
+STORAGE_URL_ENV = "BOILERMAKER_STORAGE_URL"
+CONTAINER_ENV = "BOILERMAKER_CONTAINER"
+STORAGE_CONNECTION_STRING_ENV = "BOILERMAKER_STORAGE_CONNECTION_STRING"
+NO_COLOR_ENV = "NO_COLOR"
 
 _SERVICE_BUS_PARAMS = ("connection_string", "namespace_url", "queue")
 _RESULTS_PARAMS = ("results_connection_string", "results_storage_url", "results_container")
 
+#: Azure's container names: 3-63 of lowercase letters, digits and single hyphens.
+_CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$|^\$(root|web|logs)$")
+
 
 def _hint(option: str, env: str) -> str:
     return f"'{option}' / {env}"
+
+
+# -- global options -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting's value and where it came from (for precedence and error hints)."""
+
+    value: str
+    option: str
+    env: str
+    from_command_line: bool
+
+    @property
+    def hint(self) -> str:
+        """``'--option' / VARIABLE``, as usage errors name it."""
+        return _hint(self.option, self.env)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalOptions:
+    """The options given before the command (``boilermaker --container c inspect ...``)."""
+
+    storage_url: Setting | None = None
+    container: Setting | None = None
+    verbose: bool = False
+    no_color: bool = False
+
+    @classmethod
+    def current(cls) -> GlobalOptions:
+        """The global options of the running command line (defaults outside one)."""
+        ctx = click.get_current_context(silent=True)
+        found = ctx.find_root().obj if ctx is not None else None
+        return found if isinstance(found, GlobalOptions) else cls()
+
+
+def _setting(
+    ctx: click.Context, name: str, value: str | None, option: str, *envs: str
+) -> Setting | None:
+    """The setting of parameter ``name``, naming the variable it was read from."""
+    if not value:
+        return None
+    source = ctx.get_parameter_source(name)
+    env = next((e for e in envs if os.environ.get(e)), envs[0])
+    return Setting(value, option, env, source is ParameterSource.COMMANDLINE)
+
+
+def global_options(group: F) -> F:
+    """Add ``--storage-url``, ``--container``, ``-v/--verbose`` and ``--no-color`` to the
+    command group; they are kept as a :class:`GlobalOptions` in the root context."""
+
+    @functools.wraps(group)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        verbose: bool = kwargs.pop("verbose")
+        no_color = bool(kwargs.pop("no_color")) or bool(os.environ.get(NO_COLOR_ENV))
+        ctx.obj = GlobalOptions(
+            storage_url=_setting(
+                ctx, "storage_url", kwargs.pop("storage_url"), "--storage-url", STORAGE_URL_ENV
+            ),
+            container=_setting(
+                ctx, "container", kwargs.pop("container"), "--container", CONTAINER_ENV
+            ),
+            verbose=verbose,
+            no_color=no_color,
+        )
+        if no_color:
+            ctx.color = False
+        if verbose:
+            handler = configure_verbose_logging()
+            ctx.call_on_close(lambda: logging.getLogger("boilermaker").removeHandler(handler))
+        return group(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--storage-url",
+            envvar=STORAGE_URL_ENV,
+            show_envvar=True,
+            metavar="URL",
+            help="Blob storage account URL of the results store, signing in with "
+            "DefaultAzureCredential (a command's --results-* options take precedence).",
+        ),
+        click.option(
+            "--container",
+            envvar=CONTAINER_ENV,
+            show_envvar=True,
+            metavar="NAME",
+            help="The results container.",
+        ),
+        click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr."),
+        click.option(
+            "--no-color",
+            is_flag=True,
+            help=f"No colours in the output (also when {NO_COLOR_ENV} is set and not empty).",
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[return-value]
 
 
 # -- Service Bus ----------------------------------------------------------------------------
@@ -64,14 +196,14 @@ class ServiceBusOptions:
         """Raise a usage error naming what is missing or malformed."""
         if not self.connection_string and not self.namespace_url:
             raise click.UsageError(
-                "no Service Bus to connect to: pass --connection-string (or set "
-                f"{CONNECTION_STRING_ENV}), or --namespace-url (or set {NAMESPACE_URL_ENV}) "
-                "to sign in with an Azure credential",
+                "no Service Bus to connect to: pass --namespace-url / --sb-namespace-url (or "
+                f"set {NAMESPACE_URL_ENV}) to sign in with DefaultAzureCredential, or "
+                f"--connection-string (or set {CONNECTION_STRING_ENV}), e.g. for the emulator",
                 ctx=click.get_current_context(silent=True),
             )
         if not self.queue:
             raise click.UsageError(
-                f"no queue: pass --queue or set {QUEUE_ENV}",
+                f"no queue: pass --queue / --sb-queue-name or set {QUEUE_ENV}",
                 ctx=click.get_current_context(silent=True),
             )
         self._build()
@@ -105,7 +237,8 @@ class ServiceBusOptions:
 
 
 def service_bus_options(command: F) -> F:
-    """Add ``--connection-string``, ``--namespace-url`` and ``--queue``.
+    """Add ``--connection-string``, ``--namespace-url`` and ``--queue`` (also spelled
+    ``--sb-namespace-url`` and ``--sb-queue-name``, as 1.4.1's commands have them).
 
     The command receives them as one ``bus: ServiceBusOptions`` argument.
     """
@@ -128,6 +261,8 @@ def service_bus_options(command: F) -> F:
         ),
         click.option(
             "--namespace-url",
+            "--sb-namespace-url",
+            "namespace_url",
             envvar=NAMESPACE_URL_ENV,
             show_envvar=True,
             metavar="URL",
@@ -136,6 +271,8 @@ def service_bus_options(command: F) -> F:
         ),
         click.option(
             "--queue",
+            "--sb-queue-name",
+            "queue",
             envvar=QUEUE_ENV,
             show_envvar=True,
             metavar="NAME",
@@ -160,11 +297,40 @@ def _from_command_line(names: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ResultsOptions:
-    """The results store settings a command was given (not yet checked)."""
+    """The results store settings a command was given (not yet checked).
+
+    At most one of ``connection_string`` and ``storage_url`` is set: the one
+    that won (see the module docstring). ``account`` and ``container_setting``
+    say where they came from, so errors name the right option and variable.
+    """
 
     connection_string: str | None
     storage_url: str | None
     container: str | None
+    account: Setting | None = None
+    container_setting: Setting | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        connection_string: Setting | None,
+        storage_url: Setting | None,
+        container: Setting | None,
+        global_options: GlobalOptions | None = None,
+    ) -> ResultsOptions:
+        """Pick the account and container settings by precedence (command line first, a
+        command's own option before the global one, a connection string first)."""
+        glob = global_options or GlobalOptions()
+        account = _first([connection_string, storage_url, glob.storage_url])
+        chosen_container = _first([container, glob.container])
+        is_connection_string = account is not None and account is connection_string
+        return cls(
+            connection_string=account.value if account and is_connection_string else None,
+            storage_url=account.value if account and not is_connection_string else None,
+            container=chosen_container.value if chosen_container else None,
+            account=account,
+            container_setting=chosen_container,
+        )
 
     @property
     def given(self) -> bool:
@@ -172,21 +338,53 @@ class ResultsOptions:
         return bool(self.connection_string or self.storage_url or self.container)
 
     def check(self) -> None:
-        """Raise a usage error naming what is missing."""
+        """Raise a usage error naming what is missing or malformed."""
+        ctx = click.get_current_context(silent=True)
         if not self.connection_string and not self.storage_url:
             raise click.UsageError(
-                "this needs a results store: pass --results-connection-string (or set "
-                f"{RESULTS_CONNECTION_STRING_ENV}), or --results-storage-url (or set "
-                f"{RESULTS_STORAGE_URL_ENV}) to sign in with an Azure credential",
-                ctx=click.get_current_context(silent=True),
+                "this needs a results store: pass --storage-url URL before the command (or "
+                f"set {STORAGE_URL_ENV}) to sign in with DefaultAzureCredential, or a "
+                f"connection string (Azurite, local use) with --results-connection-string or "
+                f"{RESULTS_CONNECTION_STRING_ENV} (alias {STORAGE_CONNECTION_STRING_ENV}); "
+                f"--results-storage-url / {RESULTS_STORAGE_URL_ENV} also work",
+                ctx=ctx,
             )
         if not self.container:
             raise click.UsageError(
-                f"no results container: pass --results-container or set {RESULTS_CONTAINER_ENV}",
-                ctx=click.get_current_context(silent=True),
+                "no results container: pass --container NAME before the command or "
+                f"--results-container, or set {CONTAINER_ENV} or {RESULTS_CONTAINER_ENV}",
+                ctx=ctx,
+            )
+        if self.storage_url:
+            parsed = urlparse(self.storage_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise click.BadParameter(
+                    f"{redact(self.storage_url)!r} is not a storage account URL (like "
+                    "https://ACCOUNT.blob.core.windows.net)",
+                    ctx=ctx,
+                    param_hint=self._account_hint(),
+                )
+        if not _CONTAINER_NAME.match(self.container):
+            hint = (
+                self.container_setting.hint
+                if self.container_setting
+                else _hint("--results-container", RESULTS_CONTAINER_ENV)
+            )
+            raise click.BadParameter(
+                f"{self.container!r} is not a container name: 3-63 lowercase letters, digits "
+                "and single hyphens, starting and ending with a letter or digit",
+                ctx=ctx,
+                param_hint=hint,
             )
 
-    def store(self) -> ResultsStore:
+    def _account_hint(self) -> str:
+        if self.account is not None:
+            return self.account.hint
+        if self.connection_string:
+            return _hint("--results-connection-string", RESULTS_CONNECTION_STRING_ENV)
+        return _hint("--results-storage-url", RESULTS_STORAGE_URL_ENV)
+
+    def store(self) -> BlobClientStorage:
         """A new results store (``boilermaker.storage.BlobClientStorage``)."""
         self.check()
         assert self.container is not None
@@ -204,52 +402,80 @@ class ResultsOptions:
             assert self.storage_url is not None
             return BlobClientStorage(self.storage_url, self.container)
         except ValueError as exc:
-            hint = (
-                _hint("--results-connection-string", RESULTS_CONNECTION_STRING_ENV)
-                if self.connection_string
-                else _hint("--results-storage-url", RESULTS_STORAGE_URL_ENV)
-            )
             raise click.BadParameter(
-                str(exc), ctx=click.get_current_context(silent=True), param_hint=hint
+                redact(str(exc)),
+                ctx=click.get_current_context(silent=True),
+                param_hint=self._account_hint(),
             ) from None
+
+
+def _first(settings: list[Setting | None]) -> Setting | None:
+    """The first setting given on the command line, else the first from the environment."""
+    given = [s for s in settings if s is not None]
+    on_command_line = [s for s in given if s.from_command_line]
+    chosen = on_command_line or given
+    return chosen[0] if chosen else None
 
 
 def results_options(command: F) -> F:
     """Add ``--results-connection-string``, ``--results-storage-url``, ``--results-container``.
 
-    The command receives them as one ``results: ResultsOptions`` argument.
+    The command receives them, resolved together with the global ``--storage-url``
+    and ``--container``, as one ``results: ResultsOptions`` argument.
     """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["results"] = ResultsOptions(
-            connection_string=kwargs.pop("results_connection_string"),
-            storage_url=kwargs.pop("results_storage_url"),
-            container=kwargs.pop("results_container"),
+        ctx = click.get_current_context()
+        kwargs["results"] = ResultsOptions.resolve(
+            connection_string=_setting(
+                ctx,
+                "results_connection_string",
+                kwargs.pop("results_connection_string"),
+                "--results-connection-string",
+                RESULTS_CONNECTION_STRING_ENV,
+                STORAGE_CONNECTION_STRING_ENV,
+            ),
+            storage_url=_setting(
+                ctx,
+                "results_storage_url",
+                kwargs.pop("results_storage_url"),
+                "--results-storage-url",
+                RESULTS_STORAGE_URL_ENV,
+            ),
+            container=_setting(
+                ctx,
+                "results_container",
+                kwargs.pop("results_container"),
+                "--results-container",
+                RESULTS_CONTAINER_ENV,
+            ),
+            global_options=GlobalOptions.current(),
         )
         return command(*args, **kwargs)
 
     options = [
         click.option(
             "--results-connection-string",
-            envvar=RESULTS_CONNECTION_STRING_ENV,
+            envvar=[RESULTS_CONNECTION_STRING_ENV, STORAGE_CONNECTION_STRING_ENV],
             show_envvar=True,
             metavar="TEXT",
-            help="Blob storage connection string of the results store (also Azurite).",
+            help="Blob storage connection string of the results store (Azurite, local use).",
         ),
         click.option(
             "--results-storage-url",
             envvar=RESULTS_STORAGE_URL_ENV,
             show_envvar=True,
             metavar="URL",
-            help="Blob storage account URL, signing in with DefaultAzureCredential.",
+            help="Blob storage account URL, signing in with DefaultAzureCredential "
+            "(the global --storage-url does the same).",
         ),
         click.option(
             "--results-container",
             envvar=RESULTS_CONTAINER_ENV,
             show_envvar=True,
             metavar="NAME",
-            help="The results container.",
+            help="The results container (the global --container does the same).",
         ),
     ]
     decorated: Callable[..., Any] = wrapper
@@ -261,17 +487,40 @@ def results_options(command: F) -> F:
 # -- running ----------------------------------------------------------------------------------
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine, turning service errors into one-line CLI errors."""
+class CommandError(click.ClickException):
+    """A command's error: printed (redacted) as ``Error: ...``, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(redact(message))
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
+def run(coro: Coroutine[Any, Any, T], exit_code: int = 1) -> T:
+    """Run a command's coroutine, turning service errors into one-line CLI errors.
+
+    Errors exit with ``exit_code`` (the 1.4.1 commands use 2). With
+    ``exit_code`` other than 1, anything unexpected is an error too (its
+    traceback only with ``-v``), so scripts can rely on the status.
+    """
     try:
         return asyncio.run(coro)
-    except click.ClickException:
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException as exc:
+        if exit_code != 1 and exc.exit_code == 1:
+            raise CommandError(exc.message, exit_code) from None
         raise
     except BrokerAuthenticationError as exc:
-        raise click.ClickException(f"Service Bus refused the credentials: {exc}") from None
+        raise CommandError(f"Service Bus refused the credentials: {exc}", exit_code) from None
     except BrokerError as exc:
-        raise click.ClickException(f"Service Bus: {exc}") from None
+        raise CommandError(f"Service Bus: {exc}", exit_code) from None
     except ResultsStoreError as exc:
-        raise click.ClickException(f"results store: {exc}") from None
+        raise CommandError(f"results store: {exc}", exit_code) from None
     except BoilermakerError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(str(exc), exit_code) from None
+    except Exception as exc:
+        if exit_code == 1:
+            raise
+        if GlobalOptions.current().verbose:
+            click.echo(redact(traceback.format_exc()), err=True)
+        raise CommandError(f"{type(exc).__name__}: {exc}", exit_code) from None

@@ -11,11 +11,17 @@ from collections.abc import Sequence
 
 import click
 
+from boilermaker.cli.connection import global_options
+
 #: Every command of ``boilermaker``, as (module, attribute of the click command).
 COMMANDS: list[tuple[str, str]] = [
     ("boilermaker.cli.worker", "worker"),
     ("boilermaker.cli.dlq", "dlq"),
     ("boilermaker.cli.graph", "graph"),
+    ("boilermaker.cli.graph", "inspect"),
+    ("boilermaker.cli.graph", "recover"),
+    ("boilermaker.cli.graph", "invoke"),
+    ("boilermaker.cli.purge", "purge"),
     ("boilermaker.cli.results", "results"),
     ("boilermaker.cli.emulator", "emulator"),
     ("boilermaker.cli.demo", "demo"),
@@ -24,14 +30,21 @@ COMMANDS: list[tuple[str, str]] = [
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="boilermaker-cli", prog_name="boilermaker")
+@global_options
 def cli() -> None:
     """Boilermaker: async background tasks on Azure Service Bus.
 
-    Connection settings come from options or the environment:
-    SERVICE_BUS_CONNECTION_STRING (or SERVICE_BUS_NAMESPACE_URL with an Azure
-    credential) and SERVICE_BUS_QUEUE_NAME; results commands use
-    BOILERMAKER_RESULTS_CONNECTION_STRING (or BOILERMAKER_RESULTS_STORAGE_URL)
-    and BOILERMAKER_RESULTS_CONTAINER.
+    Connection settings come from options or the environment. Service Bus:
+    SERVICE_BUS_NAMESPACE_URL (signing in with DefaultAzureCredential) or
+    SERVICE_BUS_CONNECTION_STRING, and SERVICE_BUS_QUEUE_NAME. The results
+    store: --storage-url / BOILERMAKER_STORAGE_URL (DefaultAzureCredential) or
+    a connection string in BOILERMAKER_RESULTS_CONNECTION_STRING (alias
+    BOILERMAKER_STORAGE_CONNECTION_STRING), and --container /
+    BOILERMAKER_CONTAINER; each command's --results-* options take precedence.
+
+    inspect, recover, invoke and purge are the 1.4.1 command line's commands,
+    with its options and exit statuses (0 fine, 1 stalled / skipped / failed,
+    2 error).
     """
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from boilermaker.cli.connection import ResultsOptions, results_options, run
-from boilermaker.cli.output import echo_json, when
+from boilermaker.cli.graph_view import record_lines
+from boilermaker.cli.output import echo_json
 from boilermaker.exceptions import ResultNotReady
 from boilermaker.results import NodeRecord, Records, node_blob, standalone_blob
 
@@ -79,15 +79,6 @@ def _print_record(record: NodeRecord, as_json: bool) -> None:
     lines = [
         f"Task id:    {record.task_id}",
         f"Graph id:   {record.graph_id or '-'}",
-        f"Status:     {'skipped' if record.skipped else record.status.value}",
-        f"Attempt:    {record.attempt}",
-        f"Updated:    {when(record.updated_at)} UTC",
-        f"Result:     {json.dumps(record.result, default=str)}",
+        *record_lines(record),
     ]
-    if record.errors:
-        lines.append("Errors:")
-        lines += [f"  {error}" for error in record.errors]
-    if record.formatted_exception:
-        lines.append("Exception:")
-        lines += ["  " + line for line in record.formatted_exception.rstrip().splitlines()]
     click.echo("\n".join(lines))
