@@ -257,3 +257,47 @@ async def test_renew_message_lock_outside_a_task_says_so() -> None:
     app = Boilermaker({}, InMemoryBroker())
     with pytest.raises(RuntimeError, match="inside a task"):
         await app.renew_message_lock()
+
+
+def test_graph_generators_of_1x() -> None:
+    graph, tasks = graph_with_results(
+        {
+            "fetch": TaskStatus.Failure,
+            "process": TaskStatus.Pending,
+            "save": TaskStatus.Pending,
+            "cleanup": TaskStatus.Pending,
+            "fallback": TaskStatus.Pending,
+        }
+    )
+    assert list(graph.generate_ready_tasks()) == []
+    assert [t.function_name for t in graph.generate_failure_ready_tasks()] == ["cleanup"]
+    assert list(graph.generate_all_failed_callback_task()) == []  # cleanup has yet to run
+    graph.results[tasks["cleanup"].task_id].status = TaskStatus.Success
+    assert [t.function_name for t in graph.generate_all_failed_callback_task()] == ["fallback"]
+    graph.results[tasks["fallback"].task_id].status = TaskStatus.Scheduled
+    assert [t.function_name for t in graph.generate_scheduled_tasks()] == ["fallback"]
+    fresh, _ = graph_with_results({})
+    assert len(list(fresh.generate_pending_results())) == 5
+    assert [t.function_name for t in fresh.generate_ready_tasks()] == ["fetch"]
+
+
+async def test_members_1x_had_and_this_version_replaces_warn_and_name_the_new_way() -> None:
+    app = Boilermaker({}, InMemoryBroker())
+
+    async def f(state: Any) -> None:
+        return None
+
+    app.register_async(f)
+    with pytest.warns(DeprecationWarning, match="app.registry"):
+        assert app.function_registry == {"f": f}
+    with pytest.warns(DeprecationWarning, match="app.tracing.enabled"):
+        assert app.otel_enabled is False
+    with pytest.warns(DeprecationWarning, match="renew_message_lock"):
+        assert Task.si("f").msg is None
+    with (
+        pytest.warns(DeprecationWarning, match="app.run"),
+        pytest.raises(BoilermakerAppException, match="worker"),
+    ):
+        await app.message_handler(object(), object())
+    with pytest.warns(DeprecationWarning, match="app.stop"):
+        await app.signal_handler()

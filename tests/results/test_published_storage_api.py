@@ -133,3 +133,15 @@ async def test_find_blobs_by_tags_takes_an_expression(blob_store: BlobClientStor
         )
     ]
     assert len(found) == len(graph.tasks) + 1  # the nodes and the end-of-graph record
+
+
+async def test_the_1x_blob_helpers(blob_store: BlobClientStorage) -> None:
+    assert blob_store.task_result_prefix == "task-results"
+    assert blob_store.az_storage_url.startswith("http")
+    assert "?" not in blob_store.az_storage_url
+    await blob_store.upload_blob("notes/a.txt", "hello")
+    assert await blob_store.download_blob("notes/a.txt") == b"hello"
+    assert await blob_store.list_blobs("notes/") == ["notes/a.txt"]
+    await blob_store.delete_blob("notes/a.txt")
+    await blob_store.delete_blob("notes/a.txt")  # already gone: not an error
+    assert await blob_store.list_blobs("notes/") == []

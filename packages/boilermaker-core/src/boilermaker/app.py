@@ -368,6 +368,32 @@ class Boilermaker:
             )
         return await current.receiver.renew_lock(current.message)
 
+    async def signal_handler(self, *args: Any, **kwargs: Any) -> None:
+        """Deprecated: workers handle SIGINT/SIGTERM themselves; this stops the running one."""
+        _deprecated("Boilermaker.signal_handler()", "app.stop() (workers handle signals)")
+        self.stop()
+
+    async def message_handler(self, *args: Any, **kwargs: Any) -> None:
+        """Deprecated: messages are handled by the worker (``app.run()`` /
+        ``app.worker()``); calling this raises BoilermakerAppException."""
+        _deprecated("Boilermaker.message_handler()", "app.run() or app.worker()")
+        raise BoilermakerAppException(
+            "message_handler() is gone: the worker (app.run(), app.worker()) handles "
+            "messages, with middleware (Boilermaker(..., middleware=[...])) to add behaviour"
+        )
+
+    @property
+    def function_registry(self) -> dict[str, TaskFunction]:
+        """Deprecated: registered functions by name (use ``app.registry``)."""
+        _deprecated("Boilermaker.function_registry", "app.registry")
+        return {name: self.registry.lookup(name).fn for name in self.registry.names()}
+
+    @property
+    def otel_enabled(self) -> bool:
+        """Deprecated: whether tracing is on (use ``app.tracing.enabled``)."""
+        _deprecated("Boilermaker.otel_enabled", "app.tracing.enabled")
+        return self.tracing.enabled
+
     def stop(self) -> None:
         """Ask a running worker to stop gracefully."""
         if self._worker is not None:
@@ -392,3 +418,9 @@ class Boilermaker:
             await self.service_bus_client.close()
         if self.results_storage is not None:
             await self.results_storage.close()
+
+
+def _deprecated(what: str, instead: str) -> None:
+    import warnings
+
+    warnings.warn(f"{what} is deprecated: use {instead}", DeprecationWarning, stacklevel=3)

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TRIES_LIMIT = 100
 
+#: The published library's names for the defaults and bounds.
+DEFAULT_MAX_TRIES = 5
+MAX_REASONABLE_RETRIES = MAX_TRIES_LIMIT
+MAX_BACKOFF_SECONDS = 3600
+
 #: The longest delay a policy (or a publish) may ask for: 30 days, in seconds. Retries
 #: are Service Bus scheduled messages; a bound keeps every schedule computable (an
 #: unbounded delay overflows the clock) and well inside a queue's message lifetime.

@@ -25,7 +25,7 @@ same graph.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -517,6 +517,52 @@ class TaskGraph(BaseModel):
             status = self.get_status(callback)
             return status is not None and status.finished
         return True
+
+    def generate_pending_results(self) -> Iterator[TaskResultSlim]:
+        """A Pending record for each node that has none in ``results`` (added to it),
+        then every Pending one."""
+        for task_id in self.tasks:
+            if task_id not in self.results:
+                self.results[task_id] = TaskResultSlim.default(task_id, self.graph_id)
+            found = self.results[task_id]
+            if found.status is TaskStatus.Pending:
+                yield found
+
+    def generate_ready_tasks(self) -> Iterator[Task]:
+        """Main tasks that are Pending with every parent succeeded."""
+        for task_id, task in self.children.items():
+            if self.get_status(task_id) is TaskStatus.Pending and self.task_is_ready(task_id):
+                yield task
+
+    def generate_failure_ready_tasks(self) -> Iterator[Task]:
+        """Failure handlers that are Pending with a task they serve failed."""
+        for task_id, task in self.fail_children.items():
+            if task_id == self.all_failed_callback_id:
+                continue
+            if self.get_status(task_id) in (None, TaskStatus.Pending) and self.task_is_ready(
+                task_id
+            ):
+                yield task
+
+    def generate_all_failed_callback_task(self) -> Iterator[Task]:
+        """The all-failed callback, once the graph ended with a failure and it is Pending."""
+        callback = self.all_failed_callback_id
+        if callback is None or self.get_status(callback) is not TaskStatus.Pending:
+            return
+        if self.is_terminal_failed():
+            yield self.fail_children[callback]
+
+    def generate_scheduled_tasks(self) -> Iterator[Task]:
+        """Nodes Scheduled whose conditions to run still hold (candidates to publish again
+        after a crash between the Scheduled write and the publish)."""
+        for task_id, task in self.tasks.items():
+            if self.get_status(task_id) is not TaskStatus.Scheduled:
+                continue
+            if task_id == self.all_failed_callback_id:
+                if self.is_terminal_failed():
+                    yield task
+            elif self.task_is_ready(task_id):
+                yield task
 
     def detect_stalled_tasks(self) -> list[tuple[TaskId, str, TaskStatus]]:
         """``(task_id, function_name, status)`` of nodes Scheduled, Started or Retry:

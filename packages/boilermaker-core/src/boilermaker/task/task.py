@@ -163,6 +163,22 @@ class Task(BaseModel):
         return dict(self.payload.get("kwargs", {}))
 
     @property
+    def msg(self) -> None:
+        """Deprecated: tasks no longer carry their Service Bus message (always None).
+
+        Inside a task, ``await app.renew_message_lock()`` reaches its own message.
+        """
+        import warnings
+
+        warnings.warn(
+            "Task.msg is gone: tasks do not carry their Service Bus message; use "
+            "app.renew_message_lock() inside a task, or middleware (ctx.message) to see it",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return None
+
+    @property
     def acks_early(self) -> bool:
         """True when the message is settled before the task runs (at most once)."""
         return not self.acks_late

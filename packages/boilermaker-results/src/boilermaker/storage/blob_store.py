@@ -40,6 +40,8 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.blob import BlobProperties, FilteredBlob
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, ContainerClient
 
+from boilermaker.redact import redact_url
+from boilermaker.results import PREFIX
 from boilermaker.results_store import (
     BlobExists,
     BlobNotFound,
@@ -187,6 +189,38 @@ class BlobClientStorage(StorageInterface):
         self._container_ready = not create_container
         self._container_lock: asyncio.Lock | None = None
         self._closed = False
+
+    # -- the published library's blob helpers ------------------------------------------
+
+    #: Where results and graphs live in the container (1.x's attribute).
+    task_result_prefix = PREFIX
+
+    @property
+    def az_storage_url(self) -> str:
+        """The account URL (its query string, a SAS token, removed)."""
+        return redact_url(self._container.primary_endpoint.rsplit("/", 1)[0] or self.location.url)
+
+    async def upload_blob(
+        self, blob_name: str, data: bytes | str, tags: Mapping[str, str] | None = None, **_: Any
+    ) -> str:
+        """Write ``data`` to ``blob_name`` (1.x's helper; :meth:`write` has the conditions)."""
+        body = data.encode() if isinstance(data, str) else data
+        return await self.write(blob_name, body, tags=tags)
+
+    async def download_blob(self, blob_name: str) -> bytes:
+        """The content of ``blob_name``; BlobNotFound if it does not exist."""
+        found = await self.read(blob_name)
+        if found is None:
+            raise BlobNotFound(f"blob {blob_name} does not exist")
+        return found.data
+
+    async def delete_blob(self, blob_name: str) -> None:
+        """Delete ``blob_name`` (one already gone is not an error)."""
+        await self.delete_many([blob_name])
+
+    async def list_blobs(self, prefix: str | None = None) -> list[str]:
+        """Names of the container's blobs starting with ``prefix``."""
+        return await self.list_names(prefix or "")
 
     # -- lifecycle ------------------------------------------------------------------------
 
