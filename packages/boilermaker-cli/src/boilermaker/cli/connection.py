@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from boilermaker.service_bus import AzureServiceBus
     from boilermaker.storage import BlobClientStorage
 
+logger = logging.getLogger("boilermaker.cli")
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -394,6 +396,14 @@ class ResultsOptions:
             raise click.ClickException(
                 f"the blob results store is not installed ({exc}): pip install boilermaker-results"
             ) from None
+        container_from = self.container_setting.hint if self.container_setting else "?"
+        logger.debug(
+            "results store: %s (from %s), container %r (from %s)",
+            "a connection string" if self.connection_string else redact(self.storage_url or ""),
+            self._account_hint(),
+            self.container,
+            container_from,
+        )
         try:
             if self.connection_string:
                 return BlobClientStorage.from_connection_string(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from boilermaker.cli.output import status_style, table, when
@@ -38,6 +39,11 @@ def read_only_runtime(store: ResultsStore) -> GraphRuntime:
         raise RuntimeError("a read command publishes nothing")
 
     return GraphRuntime(store, no_publisher)
+
+
+def updated_at(record: NodeRecord) -> datetime | None:
+    """When the record was last written, if it says (1.4.1's records do not)."""
+    return record.updated_at if "updated_at" in record.model_fields_set else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,7 @@ class NodeView:
             "role": self.role,
             "skipped": self.skipped,
             "attempt": record.attempt if record else 0,
-            "updated_at": record.updated_at.isoformat() if record else None,
+            "updated_at": _iso(updated_at(record)) if record else None,
             "errors": record.errors if record else None,
         }
 
@@ -144,6 +150,15 @@ class GraphView:
             "ended": self.progress.ended,
             "failed": self.progress.failed,
         }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _updated(record: NodeRecord) -> str:
+    at = updated_at(record)
+    return f"{when(at)} UTC" if at is not None else "- (not recorded)"
 
 
 def _role(graph: TaskGraph, task_id: TaskId) -> str:
@@ -224,7 +239,7 @@ def node_table(view: GraphView) -> str:
             node.role,
             node.label,
             str(node.record.attempt) if node.record else "0",
-            when(node.record.updated_at) if node.record else "-",
+            when(updated_at(node.record)) if node.record else "-",
             "; ".join(node.record.errors or []) if node.record else "",
         ]
         for node in view.nodes
@@ -248,7 +263,7 @@ def record_lines(record: NodeRecord) -> list[str]:
     lines = [
         f"Status:     {'skipped' if record.skipped else record.status.value}",
         f"Attempt:    {record.attempt}",
-        f"Updated:    {when(record.updated_at)} UTC",
+        f"Updated:    {_updated(record)}",
         f"Result:     {json.dumps(record.result, default=str)}",
     ]
     if record.errors:
