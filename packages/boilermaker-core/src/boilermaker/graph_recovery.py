@@ -190,10 +190,11 @@ async def _recover_node(
     if record.skipped or record.status.finished:
         return None
     if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):
-        since = record.updated_at
+        # 1.x records say nothing of when they were written: stalled for as long as asked.
+        since = record.updated_at if "updated_at" in record.model_fields_set else None
         if record.status is TaskStatus.Retry and record.retry_at:
-            since = max(since, record.retry_at)
-        if now - since < stalled_after:
+            since = max(since, record.retry_at) if since else record.retry_at
+        if since is not None and now - since < stalled_after:
             return None
         return await redispatch(runtime, graph, task_id)
     if await _dispatch_if_ready(runtime, graph, task_id, record):
