@@ -104,10 +104,12 @@ def write_legacy_graph(
     *,
     created: datetime | None = None,
     payloads: dict[str, Any] | None = None,
+    tagged: bool = True,
 ) -> LegacyGraph:
     """Write the 1.4.1 pipeline with these node statuses (None: no record for the node).
 
-    ``created`` dates the graph id (UUID7) and the ``created_date`` tags.
+    ``created`` dates the graph id (UUID7) and the ``created_date`` tags;
+    ``tagged=False`` writes no tags (as versions before tags did).
     """
     made = created or datetime.now(UTC)
     graph_id = uuid7_at(made)
@@ -135,7 +137,7 @@ def write_legacy_graph(
             written[0],
             json.dumps(doc),
             overwrite=True,
-            tags={"graph_id": graph_id, "created_date": day},
+            tags={"graph_id": graph_id, "created_date": day} if tagged else None,
         )
         for name in names:
             status = statuses.get(name, "pending")
@@ -146,7 +148,11 @@ def write_legacy_graph(
                 blob,
                 json.dumps(legacy_record(graph_id, ids[name], status)),
                 overwrite=True,
-                tags={"graph_id": graph_id, "status": status, "created_date": day},
+                tags=(
+                    {"graph_id": graph_id, "status": status, "created_date": day}
+                    if tagged
+                    else None
+                ),
             )
             written.append(blob)
     return LegacyGraph(graph_id, ids, made.date(), written)
@@ -174,11 +180,14 @@ def write_legacy_standalone(
 
 
 def set_created_date(connection_string: str, container: str, prefix: str, day: str) -> list[str]:
-    """Re-tag every blob under ``prefix`` as created on ``day``; returns their names."""
+    """Re-tag the blobs under ``prefix`` that carry a ``created_date`` as created on ``day``
+    (our ``graph.json`` has none, and keeps none); returns their names."""
     names = []
     with container_client(connection_string, container) as client:
         for name in client.list_blob_names(name_starts_with=prefix):
             blob = client.get_blob_client(name)
+            if "created_date" not in blob.get_blob_tags():
+                continue
             tags = blob.get_blob_tags()
             tags["created_date"] = day
             blob.set_blob_tags(tags)

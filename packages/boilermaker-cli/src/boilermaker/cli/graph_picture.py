@@ -36,8 +36,9 @@ ROW_GAP = 22
 MARGIN = 24
 #: Ordering passes within columns (each a sweep from the left).
 ORDER_PASSES = 4
-#: Characters of a function name that fit in a node.
+#: Characters of a function name, and of the state line, that fit in a node.
 NAME_WIDTH = 24
+STATE_WIDTH = 29
 
 #: (fill, text colour, label) of each state.
 STATE_COLOURS: dict[str, tuple[str, str, str]] = {
@@ -49,7 +50,7 @@ STATE_COLOURS: dict[str, tuple[str, str, str]] = {
     "retry": ("#ffb300", "#1b1b1b", "waiting to retry"),
     "scheduled": ("#fdd835", "#1b1b1b", "scheduled"),
     "pending": ("#9e9e9e", "#1b1b1b", "pending"),
-    "skipped": ("#e0e0e0", "#424242", "skipped (never runs)"),
+    "skipped": ("#e0e0e0", "#424242", "skipped"),
     "no-record": ("#424242", "#ffffff", "no record"),
 }
 
@@ -200,7 +201,7 @@ def _node(node: NodeView, at: tuple[float, float]) -> str:
         f'<text class="function" x="10" y="{28 if not node.stalled else 34}" '
         f'fill="{ink}">{html.escape(_short(node.function_name, NAME_WIDTH))}</text>'
         f'<text class="state" x="10" y="{50 if not node.stalled else 54}" fill="{ink}">'
-        f"{html.escape(label + attempt + role)}</text>"
+        f"{html.escape(_short(label + attempt + role, STATE_WIDTH))}</text>"
         f"{stalled_mark}</g>"
     )
 
@@ -271,8 +272,8 @@ h1 { font-size: 1.3rem; margin: 16px 0 4px; }
 .swatch.stalled { border: 3px dashed #d50000; background: #fff; }
 .line { display: inline-block; width: 28px; border-top: 2px solid #546e7a; }
 .line.dashed { border-top: 2px dashed #c62828; }
-main { display: flex; gap: 16px; align-items: flex-start; }
-.canvas { overflow: auto; border: 1px solid #cfd8dc; background: #fff; max-width: 75vw; }
+main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.canvas { overflow: auto; border: 1px solid #cfd8dc; background: #fff; max-width: 100%; }
 .edge { fill: none; stroke-width: 2; }
 .edge-success { stroke: #546e7a; }
 .edge-failure { stroke: #c62828; stroke-dasharray: 7 5; }
@@ -285,7 +286,7 @@ main { display: flex; gap: 16px; align-items: flex-start; }
 #details pre { white-space: pre-wrap; word-break: break-word; background: #eceff1;
                padding: 6px; max-height: 320px; overflow: auto; }
 #details dt { font-weight: 600; margin-top: 6px; }
-#details dd { margin: 0; word-break: break-all; }
+#details dd { margin: 0; word-break: break-all; white-space: pre-line; }
 """
 
 _SCRIPT = """
