@@ -111,7 +111,7 @@ def graph() -> None:
 @_json_option
 @results_options
 def status_command(graph_id: str, as_json: bool, results: ResultsOptions) -> None:
-    """Show every node's status in graph GRAPH_ID (the same report as ``inspect``)."""
+    """Show every node's status in graph GRAPH_ID (the same report as "inspect")."""
     show_view(load_view(results, graph_id, exit_code=1), as_json)
 
 
@@ -298,7 +298,7 @@ def recover(
 
     Each gets message id <task_id>:recovery:<unix time>. Exit status: 0 all
     recovered (or nothing to do), 1 some failed, 2 error. The same as
-    ``graph recover``, with nothing held back by default.
+    "graph recover", with nothing held back by default.
     """
     report, names = recover_graph(results, bus, graph_id, stalled_after, exit_code=EXIT_ERROR)
     show_recovery(report, names, as_json)
