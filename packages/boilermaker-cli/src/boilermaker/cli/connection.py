@@ -5,8 +5,8 @@ options given before the command (``--storage-url``, ``--container``, as the
 1.4.1 command line has them), each command's own options, and their
 environment variables. A missing or malformed setting is a usage error naming
 the option and the variable; errors from the services while a command runs
-become one-line error messages (:func:`run`), never tracebacks, and never
-show a secret.
+become one-line error messages (:func:`boilermaker.cli.errors.run`), never
+tracebacks, and never show a secret.
 
 Which results store setting wins, first match:
 
@@ -24,13 +24,11 @@ SAS) serves Azurite and local use.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
 import re
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -38,11 +36,8 @@ from urllib.parse import urlparse
 import click
 from click.core import ParameterSource
 
-from boilermaker.broker import BrokerAuthenticationError, BrokerError
 from boilermaker.cli.output import configure_verbose_logging, redact
 from boilermaker.config import ConfigError
-from boilermaker.exceptions import BoilermakerError
-from boilermaker.results_store import ResultsStoreError
 
 if TYPE_CHECKING:
     from boilermaker.service_bus import AzureServiceBus
@@ -50,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("boilermaker.cli")
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONNECTION_STRING_ENV = "SERVICE_BUS_CONNECTION_STRING"
@@ -492,45 +486,3 @@ def results_options(command: F) -> F:
     for option in reversed(options):
         decorated = option(decorated)
     return decorated  # type: ignore[return-value]
-
-
-# -- running ----------------------------------------------------------------------------------
-
-
-class CommandError(click.ClickException):
-    """A command's error: printed (redacted) as ``Error: ...``, with its exit status."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(redact(message))
-        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
-
-
-def run(coro: Coroutine[Any, Any, T], exit_code: int = 1) -> T:
-    """Run a command's coroutine, turning service errors into one-line CLI errors.
-
-    Errors exit with ``exit_code`` (the 1.4.1 commands use 2). With
-    ``exit_code`` other than 1, anything unexpected is an error too (its
-    traceback only with ``-v``), so scripts can rely on the status.
-    """
-    try:
-        return asyncio.run(coro)
-    except click.exceptions.Exit:
-        raise
-    except click.ClickException as exc:
-        if exit_code != 1 and exc.exit_code == 1:
-            raise CommandError(exc.message, exit_code) from None
-        raise
-    except BrokerAuthenticationError as exc:
-        raise CommandError(f"Service Bus refused the credentials: {exc}", exit_code) from None
-    except BrokerError as exc:
-        raise CommandError(f"Service Bus: {exc}", exit_code) from None
-    except ResultsStoreError as exc:
-        raise CommandError(f"results store: {exc}", exit_code) from None
-    except BoilermakerError as exc:
-        raise CommandError(str(exc), exit_code) from None
-    except Exception as exc:
-        if exit_code == 1:
-            raise
-        if GlobalOptions.current().verbose:
-            click.echo(redact(traceback.format_exc()), err=True)
-        raise CommandError(f"{type(exc).__name__}: {exc}", exit_code) from None

@@ -20,9 +20,9 @@ from boilermaker.cli.connection import (
     ResultsOptions,
     ServiceBusOptions,
     results_options,
-    run,
     service_bus_options,
 )
+from boilermaker.cli.errors import run
 from boilermaker.cli.output import echo_json, one_line, table, when
 from boilermaker.cli.times import MOMENT
 from boilermaker.dead_letters import (

@@ -17,13 +17,12 @@ from typing import Any
 import click
 
 from boilermaker.cli.connection import (
-    CommandError,
     ResultsOptions,
     ServiceBusOptions,
     results_options,
-    run,
     service_bus_options,
 )
+from boilermaker.cli.errors import CommandError, run
 from boilermaker.cli.graph_picture import default_picture_path, write_picture
 from boilermaker.cli.graph_view import (
     GraphView,

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from boilermaker.cli.connection import ResultsOptions, results_options, run
+from boilermaker.cli.connection import ResultsOptions, results_options
+from boilermaker.cli.errors import run
 from boilermaker.cli.graph_view import read_only_runtime
 from boilermaker.cli.output import echo_json, redact, table
 from boilermaker.graph_dispatch import bounded_gather

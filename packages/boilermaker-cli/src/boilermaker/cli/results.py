@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from boilermaker.cli.connection import ResultsOptions, results_options, run
+from boilermaker.cli.connection import ResultsOptions, results_options
+from boilermaker.cli.errors import run
 from boilermaker.cli.graph_view import record_lines
 from boilermaker.cli.output import echo_json
 from boilermaker.exceptions import ResultNotReady

@@ -22,9 +22,9 @@ from boilermaker.cli.connection import (
     NAMESPACE_URL_ENV,
     QUEUE_ENV,
     ServiceBusOptions,
-    run,
     service_bus_options,
 )
+from boilermaker.cli.errors import run
 from boilermaker.cli.processes import child_environment, run_worker_processes
 from boilermaker.cli.times import DURATION
 from boilermaker.log_format import JsonFormatter, configure_json_logging

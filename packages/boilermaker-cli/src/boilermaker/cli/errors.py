@@ -1,0 +1,63 @@
+"""How a command's failures reach the person or script that ran it.
+
+:func:`run` runs a command's coroutine and turns what the services raise
+into one-line ``Error: ...`` messages (redacted: no key, signature or
+connection string is ever shown) with the command's exit status, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from boilermaker.broker import BrokerAuthenticationError, BrokerError
+from boilermaker.cli.connection import GlobalOptions
+from boilermaker.cli.output import redact
+from boilermaker.exceptions import BoilermakerError
+from boilermaker.results_store import ResultsStoreError
+
+T = TypeVar("T")
+
+
+class CommandError(click.ClickException):
+    """A command's error: printed (redacted) as ``Error: ...``, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(redact(message))
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
+def run(coro: Coroutine[Any, Any, T], exit_code: int = 1) -> T:
+    """Run a command's coroutine, turning service errors into one-line CLI errors.
+
+    Errors exit with ``exit_code`` (the 1.4.1 commands use 2). With
+    ``exit_code`` other than 1, anything unexpected is an error too (its
+    traceback only with ``-v``), so scripts can rely on the status.
+    """
+    try:
+        return asyncio.run(coro)
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException as exc:
+        if exit_code != 1 and exc.exit_code == 1:
+            raise CommandError(exc.message, exit_code) from None
+        raise
+    except BrokerAuthenticationError as exc:
+        raise CommandError(f"Service Bus refused the credentials: {exc}", exit_code) from None
+    except BrokerError as exc:
+        raise CommandError(f"Service Bus: {exc}", exit_code) from None
+    except ResultsStoreError as exc:
+        raise CommandError(f"results store: {exc}", exit_code) from None
+    except BoilermakerError as exc:
+        raise CommandError(str(exc), exit_code) from None
+    except Exception as exc:
+        if exit_code == 1:
+            raise
+        if GlobalOptions.current().verbose:
+            click.echo(redact(traceback.format_exc()), err=True)
+        raise CommandError(f"{type(exc).__name__}: {exc}", exit_code) from None
