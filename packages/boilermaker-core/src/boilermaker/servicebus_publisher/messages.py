@@ -16,6 +16,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage
 
 from boilermaker.broker import OutgoingMessage
+from boilermaker.servicebus_publisher.sdk_internals import link_max_message_size
 
 #: Bytes kept free in each batch for AMQP framing the SDK does not count.
 BATCH_MARGIN = 1024
@@ -38,12 +39,11 @@ def batch_size_limit(sender: Any, max_size: int) -> int:
     """Batch size to ask an open sender for: the smaller of the link's maximum message
     size and ``max_size``, less a margin for framing.
 
-    The link's maximum is the SDK's private ``_max_message_size_on_link``
-    (azure-servicebus 7.14 and 7.15); the public batch size the SDK would pick
-    is the tier's, which can be larger than what the queue accepts. Without
-    it, ``max_size`` alone bounds the batch.
+    The link's maximum is read by :func:`.sdk_internals.link_max_message_size`; the
+    public batch size the SDK would pick is the tier's, which can be larger than
+    what the queue accepts. Without it, ``max_size`` alone bounds the batch.
     """
-    link_max = getattr(sender, "_max_message_size_on_link", 0) or max_size
+    link_max = link_max_message_size(sender) or max_size
     return max(1024, min(link_max, max_size) - BATCH_MARGIN)
 
 

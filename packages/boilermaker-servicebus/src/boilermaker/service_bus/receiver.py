@@ -12,7 +12,13 @@ Completes and abandons queued together are pipelined: the driver sends each
 one's disposition, then waits once for all their outcomes, instead of one
 round trip per message. Each outcome is still checked on its own (a lost
 lock fails that message only), and one the service does not confirm is
-settled again through the management link, as the SDK itself does.
+settled again through the management link, as the SDK itself does. The SDK
+internals this takes are all in :mod:`boilermaker.servicebus_publisher.sdk_internals`
+(without them, settlements go one by one through the public API).
+
+Opening tries once per attempt: a refused credential or a missing queue fails
+at once, other failures are tried again (:data:`OPEN_ATTEMPTS`), and every
+operation after that keeps the SDK's own retries.
 """
 
 from __future__ import annotations
@@ -39,20 +45,8 @@ from boilermaker.broker import (
 from boilermaker.service_bus.connection import ServiceBusTarget
 from boilermaker.service_bus.errors import SDK_ERRORS, translate
 from boilermaker.service_bus.messages import from_sdk
-
-try:  # The SDK's link internals, for pipelined settlement (sequential without them).
-    from azure.servicebus._common.constants import MESSAGE_MGMT_SETTLEMENT_TERM_MAP
-    from azure.servicebus._pyamqp.constants import LinkState
-    from azure.servicebus._pyamqp.error import AMQPException
-    from azure.servicebus._pyamqp.outcomes import Accepted, Modified
-    from azure.servicebus._pyamqp.receiver import (
-        DEFAULT_SETTLEMENT_OUTCOME_TIMEOUT,
-        check_disposition_outcome,
-    )
-
-    _PIPELINING = True
-except ImportError:  # pragma: no cover - another SDK version
-    _PIPELINING = False
+from boilermaker.servicebus_publisher import sdk_internals
+from boilermaker.servicebus_publisher.sdk_internals import TRANSPORT_ERRORS, DispositionLink
 
 logger = logging.getLogger("boilermaker.service_bus")
 
@@ -65,10 +59,13 @@ SOCKET_TIMEOUT = 0.02
 FURTHER_PULL = 0.005
 #: Operations the driver pipelines when several are queued together.
 PIPELINED = frozenset({"complete", "abandon"})
+#: Tries at opening a link that fails for a reason that may pass (the SDK's default
+#: is 1 + 3 retries); a refused credential or a missing queue is never tried again.
+OPEN_ATTEMPTS = 4
+#: Pause before the n-th retry of an open: OPEN_BACKOFF * 2 ** (n - 1) seconds.
+OPEN_BACKOFF = 0.8
 #: What an SDK call below the public API can raise.
-_SETTLE_ERRORS: tuple[type[BaseException], ...] = (
-    (AMQPException, *SDK_ERRORS) if _PIPELINING else SDK_ERRORS
-)
+_SETTLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, *SDK_ERRORS)
 
 
 @dataclass(slots=True)
@@ -134,18 +131,41 @@ class ServiceBusQueueReceiver:
             else None,
             socket_timeout=SOCKET_TIMEOUT,
         )
-        if hasattr(self._receiver, "_further_pull_receive_timeout"):
-            self._receiver._further_pull_receive_timeout = FURTHER_PULL
+        sdk_internals.shorten_further_pull(self._receiver, FURTHER_PULL)
         try:
             # Attach now: receive slices are too short to cover opening the link.
-            await self._receiver.__aenter__()
-        except SDK_ERRORS as exc:
+            await self._attach()
+        except BaseException:
             await self.close()
-            raise translate(exc, f"opening a receiver on {self.queue_name}") from exc
+            raise
         self._driver = asyncio.create_task(
             self._drive(), name=f"servicebus-receiver-{self.queue_name}"
         )
         return self
+
+    async def _attach(self) -> None:
+        """Open the SDK link, or raise the core error saying why it cannot be opened.
+
+        The SDK retries every failure, a refused credential too (about 15 s to
+        report a wrong key), so each attempt here runs with its retries off and
+        only failures that may pass are tried again.
+        """
+        receiver = self._receiver
+        assert receiver is not None
+        action = f"opening a receiver on {self.queue_name}"
+        with sdk_internals.retries_off(receiver) as ours:
+            attempts = OPEN_ATTEMPTS if ours else 1  # else the SDK retries by itself
+            for attempt in range(1, attempts + 1):
+                try:
+                    await receiver.__aenter__()
+                    return
+                except SDK_ERRORS as exc:
+                    error = translate(exc, action)
+                    if not error.transient or attempt == attempts:
+                        raise error from exc
+                    pause = OPEN_BACKOFF * 2 ** (attempt - 1)
+                    logger.warning("%s (attempt %d); trying again in %.1fs", error, attempt, pause)
+                    await asyncio.sleep(pause)
 
     async def close(self) -> None:
         """Finish queued operations, then close the link and the client."""
@@ -264,6 +284,10 @@ class ServiceBusQueueReceiver:
                     op.future.set_result(result)
         except SDK_ERRORS as exc:
             self._fail(op, exc)
+        except BrokerError as exc:  # already said in core's terms (reopening the link)
+            self.counters.errors += 1
+            if not op.future.done():
+                op.future.set_exception(exc)
         except Exception as exc:  # keep the driver alive for everyone else
             self.counters.errors += 1
             logger.exception("receiver driver: %s failed", op.kind)
@@ -277,147 +301,70 @@ class ServiceBusQueueReceiver:
 
     # -- pipelined settlement -------------------------------------------------------------
 
-    def _settlement_link(self) -> Any:
-        """The SDK link whose dispositions can be pipelined, or None to settle one by one."""
-        receiver = self._receiver
-        if not _PIPELINING or not getattr(receiver, "_await_settlement_outcome", False):
-            return None
-        link = getattr(getattr(receiver, "_handler", None), "_link", None)
-        needed = ("_pending_dispositions", "_outgoing_disposition", "_received_delivery_tags")
-        if link is None or not all(hasattr(link, name) for name in needed):
-            return None
-        return link
-
-    def _can_pipeline(self, link: Any, message: Any) -> bool:
-        """Whether the SDK would settle ``message`` over the link without complaint."""
-        try:
-            return bool(
-                message is not None
-                and getattr(self._receiver, "_running", False)
-                and not message._settled
-                and not message._is_deferred_message
-                and not message._is_peeked_message
-                and message._delivery_id is not None
-                and message._delivery_tag in link._received_delivery_tags
-                and not message._lock_expired
-            )
-        except (AttributeError, TypeError):
-            return False
-
     async def _settle_together(self, ops: list[_Op]) -> None:
         """Complete or abandon several messages with one wait for all their outcomes."""
         ops = [op for op in ops if not op.future.done()]
-        link = self._settlement_link() if len(ops) > 1 else None
+        link = DispositionLink.of(self._receiver) if len(ops) > 1 else None
         if link is None:
             for op in ops:
                 await self._run(op)
             return
-        sent: list[tuple[_Op, Any, int, str]] = []
+        sent: list[tuple[_Op, Any, int]] = []
         for op in ops:
             message: Any = op.message.handle if op.message is not None else None
-            if not self._can_pipeline(link, message):
+            if not link.can_settle(message):
                 await self._run(op)  # the SDK's own path raises the right error
                 continue
-            complete = op.kind == "complete"
-            state = (
-                Accepted()
-                if complete
-                else Modified(
-                    delivery_failed=True, undeliverable_here=False, message_annotations=None
-                )
-            )
-            delivery_id = message._delivery_id
-            link._pending_dispositions[delivery_id] = {"settled": False, "outcome": None}
             try:
-                await link._outgoing_disposition(
-                    delivery_id, None, message._delivery_tag, False, state, None
-                )
+                delivery_id = await link.send(message, self._settlement(op))
             except _SETTLE_ERRORS as exc:
-                link._pending_dispositions.pop(delivery_id, None)
                 self._fail(op, self._sdk_error(exc))
                 continue
-            sent.append((op, message, delivery_id, "accepted" if complete else "modified"))
+            sent.append((op, message, delivery_id))
         if sent:
-            await self._await_outcomes(link, [delivery_id for _, _, delivery_id, _ in sent])
-        for op, message, delivery_id, expected in sent:
-            entry = link._pending_dispositions.pop(delivery_id, None)
-            if entry is None or not entry["settled"]:
+            await link.await_outcomes([d for _, _, d in sent], _SETTLE_ERRORS, logger)
+        for op, message, delivery_id in sent:
+            try:
+                confirmed = link.confirmed(delivery_id, self._settlement(op))
+            except _SETTLE_ERRORS as exc:
+                self._fail(op, self._sdk_error(exc))
+                continue
+            if not confirmed:
                 await self._settle_by_lock_token(op, message)
                 continue
-            try:
-                check_disposition_outcome(delivery_id, entry["outcome"], expected)
-            except AMQPException as exc:
-                self._fail(op, self._sdk_error(exc))
-                continue
-            message._settled = True
+            sdk_internals.mark_settled(message)
             self.counters.settlements += 1
             if not op.future.done():
                 op.future.set_result(None)
 
-    async def _await_outcomes(self, link: Any, delivery_ids: list[int]) -> None:
-        """Read frames until every outcome arrived, the link failed, or time ran out."""
-        pending = link._pending_dispositions
-        connection = link._session._connection
-        deadline = time.monotonic() + DEFAULT_SETTLEMENT_OUTCOME_TIMEOUT
-        while not all(pending[i]["settled"] for i in delivery_ids if i in pending):
-            if time.monotonic() >= deadline or link.state in (
-                LinkState.DETACHED,
-                LinkState.ERROR,
-            ):
-                return
-            try:
-                await connection.listen(wait=False)
-            except _SETTLE_ERRORS as exc:
-                logger.debug("waiting for settlement outcomes: %s", exc)
-                return
+    @staticmethod
+    def _settlement(op: _Op) -> sdk_internals.Settlement:
+        return "complete" if op.kind == "complete" else "abandon"
 
     async def _settle_by_lock_token(self, op: _Op, message: Any) -> None:
         """Settle over the management link: the SDK's fallback for an unconfirmed outcome."""
-        receiver = self._receiver
-        assert receiver is not None
         try:
-            await receiver._settle_message_via_mgmt_link(
-                MESSAGE_MGMT_SETTLEMENT_TERM_MAP[op.kind], [message.lock_token]
-            )
+            await sdk_internals.settle_via_management(self._receiver, message, self._settlement(op))
         except _SETTLE_ERRORS as exc:
             self._fail(op, self._sdk_error(exc))
             return
-        message._settled = True
         self.counters.settlements += 1
         if not op.future.done():
             op.future.set_result(None)
 
     def _sdk_error(self, exc: BaseException) -> BaseException:
         """The SDK's own exception for a transport-level one (as its public calls raise)."""
-        if not isinstance(exc, AMQPException):
-            return exc
-        receiver = self._receiver
-        try:
-            return receiver._amqp_transport.create_servicebus_exception(  # type: ignore[union-attr]
-                logger,
-                exc,
-                custom_endpoint_address=receiver._config.custom_endpoint_address,  # type: ignore[union-attr]
-            )
-        except Exception:  # the conversion itself failed; keep the original
-            return exc
-
-    def _buffered(self) -> int:
-        handler = getattr(self._receiver, "_handler", None)
-        queue = getattr(handler, "_received_messages", None)
-        try:
-            return int(queue.qsize()) if queue is not None else 0
-        except (AttributeError, TypeError):
-            return 0
+        return sdk_internals.sdk_exception(self._receiver, exc, logger)
 
     async def _receive_slice(self, op: _Op) -> None:
         assert self._receiver is not None
-        if not getattr(self._receiver, "_running", True):
+        if not sdk_internals.is_running(self._receiver):
             # The connection was lost and the SDK shut the link down. A receive
             # slice is too short to reopen it in (the SDK would time out opening,
-            # every slice, forever), so reopen it here, with the SDK's retries.
+            # every slice, forever), so reopen it here, trying again what may pass.
             logger.warning("Reopening the receiver on %s after losing the link", self.queue_name)
-            await self._receiver.__aenter__()
-        buffered = self._buffered()
+            await self._attach()
+        buffered = sdk_internals.prefetched_count(self._receiver)
         remaining = op.deadline - time.monotonic()
         if buffered:
             count, wait = min(op.max_messages, buffered), 0.001
