@@ -34,6 +34,7 @@ def fits(size: int, limit: int) -> bool:
     summed for a batch) fit in one broker call whose limit is ``limit``."""
     return size + CALL_OVERHEAD <= limit
 
+
 PropertyValue = str | int | float | bool | bytes | None
 
 
@@ -102,7 +103,10 @@ class ReceivedMessage:
     """A message handed out by a receiver, locked until ``locked_until`` (peek-lock).
 
     ``delivery_count`` is 0 on the first delivery. ``handle`` is the adapter's
-    own message object, which core never touches.
+    own message object, which core never touches. ``body_error`` is set by an
+    adapter that received a message it could not convert (a body that is not
+    bytes, say): it says why, and workers refuse the message as
+    ``InvalidTaskFormat`` with that text instead of decoding ``body``.
     """
 
     body: bytes
@@ -121,6 +125,7 @@ class ReceivedMessage:
     dead_letter_source: str | None = None
     scheduled_enqueue_time: datetime | None = None
     handle: Any = field(default=None, repr=False, compare=False)
+    body_error: str | None = None
 
 
 @runtime_checkable

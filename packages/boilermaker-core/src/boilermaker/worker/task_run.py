@@ -103,6 +103,8 @@ class TaskRunner:
             logger.debug("Completing control message %s", message.message_id)
             return Outcome(Kind.CONTROL)
         try:
+            if message.body_error is not None:  # the adapter could not convert it
+                raise InvalidTaskFormat(message.body_error)
             task = decode_task(message.body)
         except InvalidTaskFormat as exc:
             logger.error(
