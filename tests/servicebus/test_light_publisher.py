@@ -143,7 +143,8 @@ def test_it_is_a_broker_and_takes_the_worker_transports_arguments() -> None:
     assert publisher.target is not None
     assert publisher.target.credential is credential
     assert repr(publisher) == (
-        "ServiceBusPublisher(namespace='example.servicebus.windows.net', queue='tasks')"
+        "ServiceBusPublisher(namespace='example.servicebus.windows.net', queue='tasks', "
+        "key_name='name')"
     )
     full = AzureServiceBus(url, "tasks", credential, max_message_size=100_000)
     assert full.target == publisher.target  # one connection model for both

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Self, TypeVar
 
@@ -36,7 +36,11 @@ from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeo
 from boilermaker.broker import DEFAULT_MAX_MESSAGE_SIZE, OutgoingMessage
 from boilermaker.config import Config, ConfigError
 from boilermaker.exceptions import BoilermakerAppException
-from boilermaker.servicebus_publisher.connection import ServiceBusTarget
+from boilermaker.servicebus_publisher.connection import (
+    CredentialFactory,
+    ServiceBusTarget,
+    as_config,
+)
 from boilermaker.servicebus_publisher.errors import SDK_ERRORS, translate
 from boilermaker.servicebus_publisher.messages import (
     batch_size_limit,
@@ -86,8 +90,9 @@ class ServiceBusPublisher:
     """Publishes task messages to one Service Bus queue; see the module docstring.
 
     Takes the same arguments as ``boilermaker.service_bus.AzureServiceBus``
-    (namespace URL, queue name, credential; or ``connection_string=``), so a
-    publisher moves between the two by changing one name; or one of
+    (namespace URL, queue name, credential or credential factory; or
+    ``connection_string=``), so a publisher moves between the two by changing
+    one name; or one of
     ``client=`` / ``sender=`` (what the service owns, see :meth:`from_client`
     and :meth:`from_sender`) or ``target=`` (a :class:`ServiceBusTarget`).
     ``receiver()`` raises :class:`ReceivingNotSupported`: workers need
@@ -98,8 +103,9 @@ class ServiceBusPublisher:
         self,
         service_bus_namespace_url: str | None = None,
         service_bus_queue_name: str | None = None,
-        credential: Credential | None = None,
+        credential: Credential | CredentialFactory | None = None,
         *,
+        credential_factory: CredentialFactory | None = None,
         connection_string: str | None = None,
         client: ServiceBusClient | None = None,
         sender: ServiceBusSender | None = None,
@@ -108,6 +114,10 @@ class ServiceBusPublisher:
         include_msi: bool | None = None,
         config: Config | None = None,
     ) -> None:
+        if credential_factory is not None:
+            if credential is not None:
+                raise ConfigError("pass a credential or a credential_factory, not both")
+            credential = credential_factory
         given = [x for x in (client, sender, target) if x is not None]
         if given and (service_bus_namespace_url or connection_string or credential is not None):
             raise ConfigError(
@@ -151,8 +161,11 @@ class ServiceBusPublisher:
         return cls(service_bus_queue_name=queue_name, connection_string=connection_string, **kwargs)
 
     @classmethod
-    def from_config(cls, config: Config) -> Self:
-        """Publish where :class:`boilermaker.config.Config` (environment variables) says."""
+    def from_config(cls, config: Config | Mapping[str, Any]) -> Self:
+        """Publish where :class:`boilermaker.config.Config` (environment variables) says, or
+        a dict of its settings (``{"connection_string": ..., "queue_name": ...}``: keys as
+        :func:`boilermaker.servicebus_publisher.connection.as_config` takes them)."""
+        config = as_config(config)
         target = ServiceBusTarget.from_config(config)
         size = config.max_message_size
         return cls(
@@ -172,7 +185,9 @@ class ServiceBusPublisher:
 
     def __repr__(self) -> str:
         where = self.target.fully_qualified_namespace if self.target else "given"
-        return f"{type(self).__name__}(namespace={where!r}, queue={self.queue_name!r})"
+        key_name = self.target.key_name if self.target else None
+        key = f", key_name={key_name!r}" if key_name else ""
+        return f"{type(self).__name__}(namespace={where!r}, queue={self.queue_name!r}{key})"
 
     # -- Broker protocol ------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from boilermaker.broker import (
@@ -18,6 +18,7 @@ from boilermaker.config import Config, ConfigError
 from boilermaker.service_bus.connection import ServiceBusTarget
 from boilermaker.service_bus.receiver import ServiceBusQueueReceiver
 from boilermaker.service_bus.sender import BatchingSender
+from boilermaker.servicebus_publisher.connection import CredentialFactory, as_config
 
 logger = logging.getLogger("boilermaker.service_bus")
 
@@ -54,6 +55,12 @@ class AzureServiceBus:
     namespace URL plus a credential (``DefaultAzureCredential`` by default,
     managed identity excluded unless ``include_msi`` or
     ``AZURE_CREDENTIAL_INCLUDE_MSI``).
+
+    As in 1.4.1, the third argument may be a credential factory instead (a
+    zero-argument callable returning a credential, such as ``lambda:
+    DefaultAzureCredential()``), also accepted as ``credential_factory=``: it
+    is called whenever a connection is made, which then owns and closes the
+    credential. Its ``repr`` shows the namespace, queue and key name, never a key.
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class AzureServiceBus:
         service_bus_queue_name: str | None = None,
         credential: Any = None,
         *,
+        credential_factory: CredentialFactory | None = None,
         connection_string: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         include_msi: bool | None = None,
@@ -72,6 +80,10 @@ class AzureServiceBus:
             raise ConfigError(
                 "no queue name: set SERVICE_BUS_QUEUE_NAME or pass service_bus_queue_name"
             )
+        if credential_factory is not None:
+            if credential is not None:
+                raise ConfigError("pass a credential or a credential_factory, not both")
+            credential = credential_factory
         self.queue_name = service_bus_queue_name
         self.target = ServiceBusTarget(
             namespace_url=service_bus_namespace_url,
@@ -89,8 +101,11 @@ class AzureServiceBus:
         )
 
     @classmethod
-    def from_config(cls, config: Config) -> AzureServiceBus:
-        """Build from :class:`boilermaker.config.Config` (environment variables)."""
+    def from_config(cls, config: Config | Mapping[str, Any]) -> AzureServiceBus:
+        """Build from :class:`boilermaker.config.Config` (environment variables), or from
+        a dict of its settings (``{"connection_string": ..., "queue_name": ...}``: keys as
+        :func:`boilermaker.servicebus_publisher.connection.as_config` takes them)."""
+        config = as_config(config)
         connection_string = (
             config.service_bus_connection_string.get_secret_value()
             if config.service_bus_connection_string
@@ -112,6 +127,11 @@ class AzureServiceBus:
     ) -> AzureServiceBus:
         """Build from a connection string (Azure or the local emulator)."""
         return cls(None, queue_name, connection_string=connection_string, **kwargs)
+
+    def __repr__(self) -> str:
+        where = self.target.fully_qualified_namespace
+        key = f", key_name={self.target.key_name!r}" if self.target.key_name else ""
+        return f"{type(self).__name__}(namespace={where!r}, queue={self.queue_name!r}{key})"
 
     # -- Broker protocol ------------------------------------------------------------------
 
