@@ -3,7 +3,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint format typecheck bench demo docs docs-serve clean
+.PHONY: help install test lint format typecheck bench soak demo docs docs-serve clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -29,6 +29,9 @@ format:
 bench: install
 	$(UV) run python -m bench
 
+soak: install
+	$(UV) run python -m bench.soak
+
 demo: install
 	$(UV) run boilermaker demo
 
@@ -47,6 +50,7 @@ help:
 	@echo "make test        install, then run the test suite (docs examples and site included)"
 	@echo "make lint        ruff and mypy"
 	@echo "make bench       benchmarks"
+	@echo "make soak        real workers killed, connections dropped, emulator and Azurite restarted"
 	@echo "make demo        a small workload on a local emulator and Azurite"
 	@echo "make docs        build the documentation site into site/ (mkdocs --strict)"
 	@echo "make docs-serve  serve the documentation at http://127.0.0.1:8000, rebuilt on change"

@@ -1,11 +1,13 @@
 """Run every benchmark in ``bench/`` and print each one's table (``make bench``).
 
-    uv run python -m bench [--quick] [--only NAME[,NAME...]]
+    uv run python -m bench [--quick] [--only NAME[,NAME...]] [--soak]
 
 Each benchmark module runs in its own process (``python -m bench.NAME``), so
 one's emulator, event loop or memory cannot skew another's figures. Modules
 that are not present are skipped; ``--quick`` is passed to the modules that
-take it. The exit status is non-zero if any benchmark failed.
+take it. ``--soak`` runs the soak (``bench/soak.py``, quick with ``--quick``)
+after the benchmarks. The exit status is non-zero if any benchmark, or the
+soak, failed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (where supported)")
     parser.add_argument("--only", default="", help="comma-separated module names to run")
+    parser.add_argument("--soak", action="store_true", help="then run the soak (bench/soak.py)")
     args = parser.parse_args(argv)
     present = discover()
     wanted = [n.strip() for n in args.only.split(",") if n.strip()] or list(KNOWN) + [
@@ -66,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         code, seconds = run(name, args.quick)
         summary.append((name, "ok" if code == 0 else f"failed (exit {code})", seconds))
+    if args.soak:
+        code, seconds = run("soak", args.quick)
+        summary.append(("soak", "ok" if code == 0 else f"failed (exit {code})", seconds))
     print("\n=== summary")
     for name, status, seconds in summary:
         print(f"{name:<20} {status:<18} {seconds:>7.1f} s")
