@@ -284,6 +284,9 @@ async def task_scenario(
                 f"{sum(1 for w in victims if w.events not in ledger.ready)}"
             )
         figures.notes.append(
+            f"runs of a message whose lock had lapsed before the worker took it: {ledger.lapsed()}"
+        )
+        figures.notes.append(
             f"{len(pool.every)} worker processes in all; queue at the end: "
             f"active {counts.active}, locked {counts.locked}, dead-lettered {counts.dead_lettered}"
         )
@@ -481,6 +484,12 @@ async def storage(sizes: Sizes, workdir: Path) -> Figures:
         if twice:
             sample = ", ".join(f"{k} x{n}" for k, n in sorted(twice.items())[:10])
             figures.problems.append(f"nodes that ran more than once: {sample}")
+            for name in sorted(twice)[:10]:
+                runs_of = "; ".join(d.describe() for d in ledger.deliveries.get(name, []))
+                figures.problems.append(f"{name} ran as: {runs_of}")
+        figures.notes.append(
+            f"runs of a message whose lock had lapsed before the worker took it: {ledger.lapsed()}"
+        )
         unexpected = sorted(name for name, n in runs.items() if n and not expected.get(name))
         if unexpected:
             figures.problems.append(f"nodes that should not have run: {', '.join(unexpected)}")
@@ -570,7 +579,10 @@ def summary(results: Sequence[Figures]) -> str:
         )
         for f in results
     ]
-    headers = ("scenario", "tasks", "kills", "faults", "runs", "dups", "unexpl.", "lost", "s", "")
+    headers = (
+        *("scenario", "tasks", "kills", "faults", "runs", "duplicates", "unexplained", "lost"),
+        *("time s", ""),
+    )
     return format_table(headers, rows)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.soak_worker import READY, RETURNED, SETTLED, STARTED
+from bench.soak_worker import DELIVERY, READY, RETURNED, SETTLED, STARTED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,8 +138,27 @@ class FileEvents:
     offset: int = 0
     partial: bytes = b""
     counts: dict[str, Counter[str]] = field(
-        default_factory=lambda: {k: Counter() for k in (STARTED, RETURNED, SETTLED, READY)}
+        default_factory=lambda: {
+            k: Counter() for k in (STARTED, RETURNED, SETTLED, READY, DELIVERY)
+        }
     )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery that ran its task: where, which message, how stale its lock was."""
+
+    file: Path
+    sequence_number: int
+    delivery_count: int
+    lock_left: float | None
+
+    def describe(self) -> str:
+        left = "?" if self.lock_left is None else f"{self.lock_left:+.1f} s"
+        return (
+            f"{self.file.stem}: sequence number {self.sequence_number}, delivery "
+            f"{self.delivery_count}, lock left when taken {left}"
+        )
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,7 @@ class Ledger:
         self._files: dict[Path, FileEvents] = {}
         self.finished: set[str] = set()
         self.ready: set[Path] = set()
+        self.deliveries: dict[str, list[Delivery]] = {}
 
     def read(self, paths: Iterable[Path]) -> None:
         """Read what was appended to ``paths`` since the last call."""
@@ -175,6 +195,11 @@ class Ledger:
             events.partial = lines.pop()
             for line in lines:
                 kind, _, key = line.decode().partition(" ")
+                if kind == DELIVERY:
+                    key, seq, count, left = key.split("|")
+                    self.deliveries.setdefault(key, []).append(
+                        Delivery(path, int(seq), int(count), float(left) if left else None)
+                    )
                 events.counts[kind][key] += 1
                 if kind == RETURNED:
                     self.finished.add(key)
@@ -187,6 +212,15 @@ class Ledger:
         for events in self._files.values():
             total.update(events.counts[STARTED])
         return total
+
+    def lapsed(self) -> int:
+        """Deliveries that ran although their lock had lapsed before the worker took them."""
+        return sum(
+            1
+            for runs in self.deliveries.values()
+            for d in runs
+            if d.lock_left is not None and d.lock_left <= 0
+        )
 
     def in_flight(self, path: Path) -> int:
         """Runs in ``path`` that started and were never settled."""

@@ -13,6 +13,11 @@ line per event, each line one ``write(2)`` on a file opened ``O_APPEND``: the
 kernel has the line as soon as the call returns, so it survives SIGKILL.
 
 - ``W -``: the worker is about to receive its first message;
+- ``D key|sequence number|delivery count|lock seconds left``: the delivery
+  that is about to run the function (written once the worker's own hooks,
+  the graph claim among them, have let it run); the lock's time left is
+  taken when the worker took the message from its receiver, so a negative
+  value means the lock had lapsed before the worker even looked at it;
 - ``S key``: the function started;
 - ``R key``: the function finished (returned, or raised by design);
 - ``C key``: its message was settled (completed or dead-lettered) after the
@@ -29,12 +34,13 @@ import asyncio
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from boilermaker import Boilermaker, RetryPolicy
-from boilermaker.worker import MessageContext, Middleware, Worker
+from boilermaker.worker import MessageContext, Middleware, Outcome, Worker
 
-STARTED, RETURNED, SETTLED, READY = "S", "R", "C", "W"
+STARTED, RETURNED, SETTLED, READY, DELIVERY = "S", "R", "C", "W", "D"
 
 
 class EventLog:
@@ -73,14 +79,27 @@ async def graph_node(state: EventLog, name: str, sleep: float = 0.0, fail: bool 
 
 
 class SettleLog(Middleware):
-    """Writes ``W -`` when the worker starts and ``C key`` once a message whose task
-    ran has been settled."""
+    """Writes ``W -`` when the worker starts, ``D ...`` for the delivery about to run,
+    and ``C key`` once a message whose task ran has been settled."""
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
 
     async def on_worker_start(self, worker: Worker) -> None:
         self.log.write(READY, "-")
+
+    async def on_receive(self, ctx: MessageContext) -> None:
+        until = ctx.message.locked_until
+        if until is not None:
+            ctx.notes["soak_lock_left"] = (until - datetime.now(UTC)).total_seconds()
+
+    async def before_task(self, ctx: MessageContext) -> Outcome | None:
+        if ctx.task is not None and ctx.task.args:
+            m = ctx.message
+            left = ctx.notes.get("soak_lock_left")
+            where = f"{ctx.task.args[0]}|{m.sequence_number}|{m.delivery_count}|"
+            self.log.write(DELIVERY, where + ("" if left is None else f"{left:.2f}"))
+        return None
 
     async def after_settle(self, ctx: MessageContext) -> None:
         if ctx.ran and ctx.settled and ctx.task is not None and ctx.task.args:
