@@ -265,11 +265,13 @@ async def test_a_failed_write_is_retried_in_process_without_running_anything_twi
     assert broker.is_idle()
 
 
-async def test_crash_between_publishing_a_child_and_marking_it_scheduled() -> None:
+async def test_crash_while_claiming_a_dispatched_child() -> None:
+    # A single-parent child is dispatched by publishing it alone; its record is
+    # first written by its claim, which fails here once.
     app, steps, broker, store = new_app()
     a, b, c = node(app, "a"), node(app, "b"), node(app, "c")
     graph = TaskGraphBuilder().add(a).parallel(b, c, depends_on=a).build()
-    store.fail_write = is_status_write(b.task_id, "scheduled")
+    store.fail_write = is_status_write(b.task_id, "started")
     await app.publish_graph(graph)
     worker = await app.run_until_idle(timeout=10, concurrency=4, bookkeeping_patience=0)
 

@@ -13,11 +13,10 @@ the environment and runs a worker until SIGTERM:
 - ``GRAPH_RUNS_FILE``: where runs are appended;
 - ``GRAPH_CONCURRENCY``: tasks in flight (default 4);
 - ``GRAPH_EXIT_ON_SCHEDULED``: a task id; the worker exits at once
-  (``os._exit(1)``) at the write that records that node as Scheduled:
+  (``os._exit(1)``) at the write that records that node with the status
+  ``GRAPH_EXIT_STATUS`` (``scheduled`` by default; ``started`` for its claim):
   just before it (``GRAPH_EXIT_WHEN=before``, the default) or just after it
-  succeeded (``after``). Dispatch publishes the node's message on one side of
-  that write, so one of the two leaves a message sent and its record not
-  saying so, the other a record saying Scheduled and no message yet;
+  succeeded (``after``);
 - ``GRAPH_START_WHEN``: a path; the process loads everything at once but
   starts its worker only when that file exists, so a test can have a fresh
   worker ready the moment it needs one.
@@ -106,12 +105,19 @@ def build_app(
 class ExitOnScheduled:
     """A ResultsStore that kills the process at the write recording one node as Scheduled."""
 
-    def __init__(self, store: BlobClientStorage, task_id: str, when: str = "before") -> None:
+    def __init__(
+        self,
+        store: BlobClientStorage,
+        task_id: str,
+        when: str = "before",
+        status: str = "scheduled",
+    ) -> None:
         if when not in ("before", "after"):
             raise ValueError(f"when must be 'before' or 'after', not {when!r}")
         self._store = store
         self._task_id = task_id
         self._when = when
+        self._status = status
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -119,11 +125,11 @@ class ExitOnScheduled:
     def _schedules_target(self, name: str, data: bytes) -> bool:
         return (
             name.endswith(f"/{self._task_id}.json")
-            and json.loads(data).get("status") == "scheduled"
+            and json.loads(data).get("status") == self._status
         )
 
     def _exit(self) -> None:
-        print(f"exiting {self._when} recording {self._task_id} as scheduled", flush=True)
+        print(f"exiting {self._when} recording {self._task_id} as {self._status}", flush=True)
         os._exit(1)
 
     async def write(self, name: str, data: bytes, **kwargs: Any) -> str:
@@ -147,7 +153,10 @@ async def main() -> None:
     store: Any = blob_store
     if env.get("GRAPH_EXIT_ON_SCHEDULED"):
         store = ExitOnScheduled(
-            blob_store, env["GRAPH_EXIT_ON_SCHEDULED"], env.get("GRAPH_EXIT_WHEN", "before")
+            blob_store,
+            env["GRAPH_EXIT_ON_SCHEDULED"],
+            env.get("GRAPH_EXIT_WHEN", "before"),
+            env.get("GRAPH_EXIT_STATUS", "scheduled"),
         )
     app = build_app(broker, store, RunLog(env["GRAPH_RUNS_FILE"]))
     print("worker starting", flush=True)

@@ -574,12 +574,12 @@ async def node_status(cluster: Cluster, graph: TaskGraph, task_id: str) -> TaskS
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_worker_killed_between_publishing_a_child_and_recording_it_scheduled(
+async def test_worker_killed_at_the_first_write_of_a_dispatched_child(
     crash_cluster: tuple[Cluster, WorkerProcesses], when: str
 ) -> None:
-    """Dispatching a child is two steps, publishing its message and writing Scheduled
-    on its record. The worker dies at that write: just before it, or just after it
-    succeeded, so whichever order dispatch uses, the crash falls between the two."""
+    """A single-parent child is dispatched by publishing its message only; the first
+    write of its record is its claim. The worker dies at that write: just before it,
+    or just after it succeeded (the node then reads Started, by a dead worker)."""
     cluster, processes = crash_cluster
     root = cluster.node("root")
     children = [cluster.node(f"child-{i}") for i in range(4)]
@@ -590,18 +590,22 @@ async def test_worker_killed_between_publishing_a_child_and_recording_it_schedul
         .then(cluster.node("join"))
         .build()
     )
-    target = children[1].task_id
+    target = children[0].task_id
     await cluster.publisher.publish_graph(graph)
 
-    # One task at a time, so no child can start before the worker dies.
-    doomed = processes.start(concurrency=1, GRAPH_EXIT_ON_SCHEDULED=target, GRAPH_EXIT_WHEN=when)
+    # One task at a time: the first child claimed is the target.
+    doomed = processes.start(
+        concurrency=1,
+        GRAPH_EXIT_ON_SCHEDULED=target,
+        GRAPH_EXIT_WHEN=when,
+        GRAPH_EXIT_STATUS="started",
+    )
     fresh_worker_go = processes.start_standby()
     await processes.wait_until(lambda: doomed.poll() is not None, "the worker to exit", 30)
     assert doomed.returncode == 1, processes.output()
     assert processes.runs() == Counter(root=1)
-    expected = TaskStatus.Pending if when == "before" else TaskStatus.Scheduled
+    expected = None if when == "before" else TaskStatus.Started
     assert await node_status(cluster, graph, target) is expected
-    # The root's message was never settled: it comes back when its lock expires.
     assert await node_status(cluster, graph, root.task_id) is TaskStatus.Success
 
     fresh_worker_go()

@@ -46,6 +46,7 @@ from boilermaker.ids import TaskId
 from boilermaker.publishing import FOLLOW_UP_ATTEMPTS, Publication, Publisher, batches_by_size
 from boilermaker.results import (
     FAILED,
+    SUCCEEDED,
     CoalescingRecords,
     GraphStatusRecord,
     NodeRecord,
@@ -93,6 +94,21 @@ def waiting_of(graph: TaskGraph, task_id: TaskId) -> Waiting:
     return Waiting(len(graph.waits_on(task_id)), graph.is_handler(task_id))
 
 
+def fresh_record(graph: TaskGraph, task_id: TaskId) -> NodeRecord:
+    """The record of a node nothing has happened to yet (what a missing record means)."""
+    return NodeRecord(task_id=task_id, graph_id=graph.graph_id, status=TaskStatus.Pending)
+
+
+def single_wait(graph: TaskGraph, task_id: TaskId) -> bool:
+    """Whether the node waits on exactly one other (a chain link, a handler of one task).
+
+    Such a node's outcome is known from its one parent alone, so its dispatch
+    writes nothing: the parent's continuation publishes it, and its claim
+    reads the parent's record to see that it may run.
+    """
+    return graph.protocol != LEGACY_PROTOCOL and len(graph.waits_on(task_id)) == 1
+
+
 class GraphRuntime:
     """Graph publication, claiming and continuation over a ResultsStore (reading and
     recovery: :mod:`boilermaker.graph_recovery`)."""
@@ -113,6 +129,9 @@ class GraphRuntime:
         self._claimed: OrderedDict[tuple[str, str], tuple[NodeRecord, str]] = OrderedDict()
         self._cache: OrderedDict[str, TaskGraph] = OrderedDict()
         self._cache_size = cache_size
+        # Nodes known to have succeeded (final: a reset never undoes a success), so a
+        # fan-out's children read their parent's record once per process, not each.
+        self._succeeded: OrderedDict[tuple[str, str], bool] = OrderedDict()
 
     @property
     def publisher(self) -> Publisher:
@@ -150,7 +169,7 @@ class GraphRuntime:
         pending_roots = []
         for task_id in graph.root_ids:
             got = await self.records.get(node_blob(graph.graph_id, task_id))
-            if got is not None and graph_node.undecided(got[0]):
+            if got is None or graph_node.undecided(got[0]):
                 pending_roots.append(task_id)
         # One broker batch at a time, each marked Scheduled once sent: if a
         # later batch fails, calling again publishes only what was not sent.
@@ -160,8 +179,14 @@ class GraphRuntime:
         return graph
 
     async def store_graph(self, graph: TaskGraph) -> None:
-        """Write ``graph.json`` and a Pending record per node, creating only what is
-        missing (so it can be called again); refuses another graph under the same id."""
+        """Write ``graph.json`` and the end-of-graph record, creating only what is
+        missing (so it can be called again); refuses another graph under the same id.
+
+        Node records are written when something first happens to a node (a root
+        is published, an arrival is recorded, a node is claimed or skipped): a
+        missing record reads as Pending. Graphs of the 1.x protocol get a Pending
+        record per node, as 1.x workers expect.
+        """
         graph.check()
         try:
             await self.store.write(
@@ -177,15 +202,13 @@ class GraphRuntime:
                     f"graph {graph.graph_id} was already published with different tasks"
                 ) from None
         self._remember(graph)
-        await bounded_gather(
-            [
-                self.records.create(
-                    node_blob(graph.graph_id, task_id),
-                    NodeRecord(task_id=task_id, graph_id=graph.graph_id, status=TaskStatus.Pending),
-                )
-                for task_id in graph.tasks
-            ]
-        )
+        if graph.protocol == LEGACY_PROTOCOL:
+            await bounded_gather(
+                [
+                    self.records.create(node_blob(graph.graph_id, t), fresh_record(graph, t))
+                    for t in graph.tasks
+                ]
+            )
         await self.records.create(
             graph_status_blob(graph.graph_id),
             GraphStatusRecord(
@@ -205,7 +228,9 @@ class GraphRuntime:
 
     async def _mark_scheduled(self, graph: TaskGraph, task_id: TaskId) -> None:
         await self.records.update(
-            node_blob(graph.graph_id, task_id), Step(graph_node.mark_scheduled)
+            node_blob(graph.graph_id, task_id),
+            Step(graph_node.mark_scheduled),
+            create=lambda: fresh_record(graph, task_id),
         )
 
     @staticmethod
@@ -237,15 +262,27 @@ class GraphRuntime:
         """Decide whether this message may run its node, and mark it Started if so."""
         assert task.graph_id is not None
         graph = await self.load(task.graph_id)
-        name = node_blob(task.graph_id, task.task_id)
+        task_id = task.task_id
+        name = node_blob(task.graph_id, task_id)
+        lazy = graph is not None and single_wait(graph, task_id)
+        # A dispatched single-wait node has no record yet: try creating it first.
+        got = None if lazy else await self.records.get(name)
         while True:
-            got = await self.records.get(name)
             if got is None:
-                return Claim("missing")
-            record, etag = got
+                if graph is None or graph.protocol == LEGACY_PROTOCOL:
+                    got = await self.records.get(name) if lazy else None
+                    if got is None:
+                        return Claim("missing")
+                    continue
+                record, etag = fresh_record(graph, task_id), None
+            else:
+                record, etag = got
             startable = True
             if record.status is TaskStatus.Pending and graph is not None:
-                startable = await self._may_start(graph, task.task_id, record)
+                startable = await self._may_start(graph, task_id, record)
+            elif lazy and graph is not None and not record.outcome:
+                # Scheduled by recovery or replay: its arrival is still implied only.
+                await self.fill_implicit_arrival(graph, task_id, record)
             change = graph_node.claim(
                 record,
                 sequence_number=sequence_number,
@@ -256,24 +293,67 @@ class GraphRuntime:
             if not change.changed:
                 return Claim(change.value, record)
             try:
-                new_etag = await self.records.put(name, record, if_match=etag)
+                if etag is None:
+                    new_etag = await self.records.create_etag(name, record)
+                    if new_etag is None:  # it exists after all (a duplicate, a skip)
+                        got = await self.records.get(name)
+                        continue
+                else:
+                    new_etag = await self.records.put(name, record, if_match=etag)
             except PreconditionFailed:
+                got = await self.records.get(name)
                 continue
-            self._claimed[(task.graph_id, task.task_id)] = (record, new_etag)
+            self._claimed[(task.graph_id, task_id)] = (record, new_etag)
             while len(self._claimed) > 10_000:
                 self._claimed.popitem(last=False)
             return Claim("run", record, new_etag)
 
     async def _may_start(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> bool:
-        """Whether a Pending node's message came from the graph. Dispatch marks a node
-        Scheduled in the same write that decides it, so a message for a Pending node
-        that is not yet decidable was published by hand (1.x publishes before it
-        writes Scheduled, so there the parents' statuses decide)."""
+        """Whether a Pending node's message came from the graph.
+
+        Dispatch marks a node Scheduled in the same write that decides it, so a
+        message for a Pending node that is not decidable was published by hand.
+        A single-wait node is decided by its parent's record, whose outcome it
+        takes into its own (1.x publishes before it writes Scheduled, so there
+        the parents' statuses decide).
+        """
         if graph.protocol == LEGACY_PROTOCOL:
             from boilermaker.graph_legacy import is_ready
 
             return await is_ready(self, graph, task_id)
-        return graph_node.may_start(record, waiting_of(graph, task_id), task_id in graph.root_ids)
+        if task_id in graph.root_ids:
+            return True
+        await self.fill_implicit_arrival(graph, task_id, record)
+        return graph_node.may_start(record, waiting_of(graph, task_id), False)
+
+    async def fill_implicit_arrival(
+        self, graph: TaskGraph, task_id: TaskId, record: NodeRecord
+    ) -> None:
+        """Give a single-wait node's record the arrival its parent's record implies
+        (dispatching it wrote none); no change for other nodes or an unsettled parent."""
+        if not single_wait(graph, task_id) or record.arrivals:
+            return
+        (parent,) = graph.waits_on(task_id)
+        key = (graph.graph_id, parent)
+        if key in self._succeeded:
+            self._succeeded.move_to_end(key)
+            record.arrivals = SUCCEEDED
+            record.failure_seen = record.failure_seen or self._succeeded[key]
+            return
+        got = await self.records.get(node_blob(graph.graph_id, parent))
+        if got is None or got[0].outcome is None:
+            return
+        outcome = got[0].outcome
+        if outcome == SUCCEEDED:
+            self._remember_success(graph.graph_id, parent, got[0].failure_seen)
+        record.arrivals = outcome
+        record.failure_seen = record.failure_seen or got[0].failure_seen or outcome == FAILED
+
+    def _remember_success(self, graph_id: str, task_id: str, failure_seen: bool) -> None:
+        self._succeeded[(graph_id, task_id)] = failure_seen
+        self._succeeded.move_to_end((graph_id, task_id))
+        while len(self._succeeded) > 10_000:
+            self._succeeded.popitem(last=False)
 
     async def _update_claimed(self, task: Task, step: Step[bool]) -> NodeRecord | None:
         """Apply ``step`` to a node this process claimed: one write if nobody else
@@ -292,7 +372,17 @@ class GraphRuntime:
                 pass
             else:
                 return changed
-        return await self.records.update(name, step)
+        updated = await self.records.update(name, step)
+        if updated is not None:
+            return updated
+        # Never claimed (its function is unknown here): what it waits on is settled.
+        graph = await self.load(task.graph_id)
+        if graph is None or task.task_id not in graph.tasks:
+            return None
+        fresh = fresh_record(graph, task.task_id)
+        if fresh.status is TaskStatus.Pending:
+            await self._may_start(graph, task.task_id, fresh)
+        return await self.records.update(name, step, create=lambda: fresh)
 
     async def mark_retry(self, task: Task, message_id: str, retry_at: datetime) -> None:
         """Record that the node waits for its retry message ``message_id`` (called
@@ -311,7 +401,8 @@ class GraphRuntime:
         formatted_exception: str | None = None,
     ) -> NodeRecord | None:
         """Record a node's final status (first writer wins; a finished node stays as it is)."""
-        return await self._update_claimed(
+        assert task.graph_id is not None
+        record = await self._update_claimed(
             task,
             Step(
                 lambda rec: graph_node.record_outcome(
@@ -324,15 +415,22 @@ class GraphRuntime:
                 )
             ),
         )
+        if record is not None and record.status is TaskStatus.Success:
+            self._remember_success(task.graph_id, task.task_id, record.failure_seen)
+        return record
 
     # -- continuation ------------------------------------------------------------------
 
-    async def continue_from(self, graph: TaskGraph, task_id: TaskId, record: NodeRecord) -> None:
+    async def continue_from(
+        self, graph: TaskGraph, task_id: TaskId, record: NodeRecord, *, repeat: bool = False
+    ) -> None:
         """Tell everything waiting on a settled node its outcome (idempotent).
 
         A node that finished before everything it waits on arrived (a shared
         failure handler that ran at the first failure) has not settled yet: the
-        last arrival continues from it.
+        last arrival continues from it. ``repeat``: this continuation may have
+        run before (a redelivered message), so single-wait dependents already
+        under way are not published again.
         """
         if graph.protocol == LEGACY_PROTOCOL:
             from boilermaker.graph_legacy import continue_legacy
@@ -352,8 +450,31 @@ class GraphRuntime:
             await self._arrive_at_end(graph, task_id, outcome, failure_seen)
             return
         await asyncio.gather(
-            *(self._arrive(graph, child, task_id, outcome, failure_seen) for child in targets)
+            *(self._tell(graph, child, task_id, outcome, failure_seen, repeat) for child in targets)
         )
+
+    async def _tell(
+        self,
+        graph: TaskGraph,
+        child: TaskId,
+        parent: TaskId,
+        outcome: str,
+        failure_seen: bool,
+        repeat: bool,
+    ) -> None:
+        """Tell ``child`` its parent's outcome. A single-wait child to be dispatched is
+        only published (its record is written by its claim); every other arrival is
+        recorded on the child's record."""
+        if single_wait(graph, child):
+            probe = NodeRecord(task_id=child, status=TaskStatus.Pending, arrivals=outcome)
+            if graph_node.decision_for(probe, waiting_of(graph, child)) is Decision.DISPATCH:
+                if repeat:
+                    got = await self.records.get(node_blob(graph.graph_id, child))
+                    if got is not None and not graph_node.undecided(got[0]):
+                        return  # claimed already: its own message carries it on
+                await self.publish_node(graph, child)
+                return
+        await self._arrive(graph, child, parent, outcome, failure_seen)
 
     async def _arrive(
         self, graph: TaskGraph, child: TaskId, parent: TaskId, outcome: str, failure_seen: bool
@@ -366,7 +487,9 @@ class GraphRuntime:
                 rec, slot=slot, outcome=outcome, failure_seen=failure_seen, waiting=waiting
             )
         )
-        record = await self.records.update_together(node_blob(graph.graph_id, child), step)
+        record = await self.records.update_together(
+            node_blob(graph.graph_id, child), step, create=lambda: fresh_record(graph, child)
+        )
         if record is None:
             logger.error("Graph %s has no record for task %s", graph.graph_id, child)
             return
@@ -398,7 +521,9 @@ class GraphRuntime:
         decision = graph_node.decision_for(record, waiting)
         if decision is Decision.SKIP:
             skipped = await self.records.update(
-                node_blob(graph.graph_id, task_id), Step(graph_node.skip)
+                node_blob(graph.graph_id, task_id),
+                Step(graph_node.skip),
+                create=lambda: record.model_copy(),
             )
             if skipped is not None and skipped.skipped:
                 await self.continue_from(graph, task_id, skipped)
@@ -442,7 +567,9 @@ class GraphRuntime:
                 rec, slot=0, outcome=outcome, failure_seen=failed, waiting=waiting
             )
         )
-        record = await self.records.update(node_blob(graph.graph_id, callback), step)
+        record = await self.records.update(
+            node_blob(graph.graph_id, callback), step, create=lambda: fresh_record(graph, callback)
+        )
         if record is None:
             return False
         if failed and record.status is TaskStatus.Scheduled:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from boilermaker import graph_node
-from boilermaker.graph_dispatch import GraphRuntime, bounded_gather, waiting_of
+from boilermaker.graph_dispatch import GraphRuntime, bounded_gather, fresh_record, waiting_of
 from boilermaker.graph_legacy import redispatch_ready
 from boilermaker.graph_node import Decision, Step
 from boilermaker.ids import GraphId, TaskId
@@ -64,8 +64,15 @@ async def read_graph(runtime: GraphRuntime, graph_id: str) -> TaskGraph | None:
     ids = list(graph.tasks)
     got = await bounded_gather([runtime.records.get(node_blob(graph_id, t)) for t in ids])
     view = graph.model_copy()
+    # Nothing has happened yet to a node without a record (this version writes one
+    # only when something does): it is Pending.
+    missing_is_pending = graph.protocol != LEGACY_PROTOCOL
     view.set_results(
-        {t: item[0] for t, item in zip(ids, got, strict=True) if item is not None},
+        {
+            t: item[0] if item is not None else fresh_record(graph, t)
+            for t, item in zip(ids, got, strict=True)
+            if item is not None or missing_is_pending
+        },
         skipped=[
             t for t, item in zip(ids, got, strict=True) if item is not None and item[0].skipped
         ],
@@ -185,8 +192,13 @@ async def _recover_node(
     """Recover one node if it needs it; the message id it was published under, else None."""
     got = await runtime.records.get(node_blob(graph.graph_id, task_id))
     if got is None:
-        return None
-    record, _ = got
+        if graph.protocol == LEGACY_PROTOCOL:
+            return None
+        record = fresh_record(graph, task_id)  # nothing has happened to it yet
+    else:
+        record = got[0]
+    if record.status is TaskStatus.Pending:
+        await runtime.fill_implicit_arrival(graph, task_id, record)
     if record.skipped or record.status.finished:
         return None
     if record.status in (TaskStatus.Scheduled, TaskStatus.Started, TaskStatus.Retry):

@@ -155,13 +155,16 @@ class Records:
 
     async def create(self, name: str, record: NodeRecord) -> bool:
         """Write a record only if none exists; False if one was already there."""
+        return await self.create_etag(name, record) is not None
+
+    async def create_etag(self, name: str, record: NodeRecord) -> str | None:
+        """Write a record only if none exists: its ETag, or None if one was there."""
         try:
-            await self.store.write(
+            return await self.store.write(
                 name, encode_record(record), tags=tags_for(record), create_only=True
             )
         except BlobExists:
-            return False
-        return True
+            return None
 
     async def put(self, name: str, record: NodeRecord, if_match: str | None) -> str:
         """Write a record (compare-and-swap when ``if_match`` is given); returns the ETag."""
@@ -173,10 +176,14 @@ class Records:
             if_match=if_match,
         )
 
-    async def update(self, name: str, mutate: Mutation) -> NodeRecord | None:
+    async def update(
+        self, name: str, mutate: Mutation, create: Callable[[], NodeRecord] | None = None
+    ) -> NodeRecord | None:
         """Read-modify-write until it sticks. ``mutate`` returns None to leave it as is.
 
-        Returns the record as last written or read, or None if it does not exist.
+        Returns the record as last written or read, or None if it does not exist
+        (with ``create``, a missing record is ``create()`` changed by ``mutate``, and
+        written only if it is still missing).
         A write refused because the blob is leased (a 1.x worker dispatching the
         node holds it for a moment) is retried like a lost compare-and-swap.
         """
@@ -184,7 +191,15 @@ class Records:
         while True:
             got = await self.get(name)
             if got is None:
-                return None
+                if create is None:
+                    return None
+                fresh = create()
+                changed = mutate(fresh.model_copy(deep=True))
+                if changed is None:
+                    return fresh
+                if await self.create_etag(name, changed) is not None:
+                    return changed
+                continue  # created meanwhile by someone else: read it
             record, etag = got
             changed = mutate(record.model_copy(deep=True))
             if changed is None:
@@ -215,7 +230,9 @@ class CoalescingRecords(Records):
         super().__init__(store)
         self._waiting: dict[str, list[tuple[Mutation, asyncio.Future[NodeRecord | None]]]] = {}
 
-    async def update_together(self, name: str, mutate: Mutation) -> NodeRecord | None:
+    async def update_together(
+        self, name: str, mutate: Mutation, create: Callable[[], NodeRecord] | None = None
+    ) -> NodeRecord | None:
         """Like :meth:`Records.update`, merged with concurrent updates of ``name``."""
         future: asyncio.Future[NodeRecord | None] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.get(name)
@@ -226,7 +243,7 @@ class CoalescingRecords(Records):
         try:
             while batch := self._waiting[name]:
                 self._waiting[name] = []
-                await self._round(name, batch)
+                await self._round(name, batch, create)
         finally:
             for _, other in self._waiting.pop(name, []):
                 if not other.done():
@@ -234,7 +251,10 @@ class CoalescingRecords(Records):
         return await future
 
     async def _round(
-        self, name: str, batch: list[tuple[Mutation, asyncio.Future[NodeRecord | None]]]
+        self,
+        name: str,
+        batch: list[tuple[Mutation, asyncio.Future[NodeRecord | None]]],
+        create: Callable[[], NodeRecord] | None,
     ) -> None:
         def combined(record: NodeRecord) -> NodeRecord | None:
             changed = False
@@ -245,7 +265,7 @@ class CoalescingRecords(Records):
             return record if changed else None
 
         try:
-            result = await self.update(name, combined)
+            result = await self.update(name, combined, create)
         except Exception as exc:
             for _, future in batch:
                 if not future.done():

@@ -108,8 +108,17 @@ class StorageInterface:
             await records.update(name, merge)
 
     async def store_graph(self, graph: TaskGraph) -> TaskGraph:
-        """Write the graph and a Pending record per node, publishing nothing."""
+        """Write the graph and a Pending record per node (as 1.x did), publishing nothing."""
+        from boilermaker.graph_dispatch import bounded_gather, fresh_record
+
         await _read_only_runtime(self._store()).store_graph(graph)
+        records = Records(self._store())
+        await bounded_gather(
+            [
+                records.create(node_blob(graph.graph_id, t), fresh_record(graph, t))
+                for t in graph.tasks
+            ]
+        )
         return graph
 
     async def try_acquire_lease(

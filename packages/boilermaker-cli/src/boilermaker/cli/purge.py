@@ -48,9 +48,9 @@ from boilermaker.cli.errors import run
 from boilermaker.cli.graph_view import read_only_runtime
 from boilermaker.cli.output import echo_json, redact, table
 from boilermaker.graph_dispatch import bounded_gather
-from boilermaker.graph_recovery import read_graph
+from boilermaker.graph_recovery import progress_of, read_graph
 from boilermaker.results import PREFIX, Records, graph_blob, graph_status_blob, standalone_blob
-from boilermaker.task.graph import STALLED_STATUSES
+from boilermaker.task.graph import LEGACY_PROTOCOL, STALLED_STATUSES
 
 if TYPE_CHECKING:
     from boilermaker.storage import BlobClientStorage
@@ -241,15 +241,28 @@ def _corrupted(group: Group, reason: str) -> Group:
 
 async def _classify_graph(store: BlobClientStorage, group: Group, names: set[str]) -> Group:
     gid = group.group_id
+    runtime = read_only_runtime(store)
     try:
-        graph = await read_graph(read_only_runtime(store), gid)
+        graph = await read_graph(runtime, gid)
     except ValueError as exc:  # graph.json or a record that is not what it should be
         return _corrupted(group, redact(str(exc)).splitlines()[0])
     if graph is None:
         group.state, group.reason = "gone", "deleted meanwhile"
         return group
-    missing = [t for t in graph.tasks if t not in graph.results]
     moving = [t for t, r in graph.results.items() if r.status in STALLED_STATUSES]
+    if graph.protocol != LEGACY_PROTOCOL:
+        # Records are written as things happen, so a missing one says nothing; the
+        # end-of-graph record (deleted last) says whether the graph ended.
+        progress = await progress_of(runtime, graph)
+        if progress.ended and not moving:
+            group.delete, group.reason = True, "complete"
+        else:
+            group.state = "in progress"
+            group.reason = (
+                f"{len(moving)} node(s) scheduled, started or retrying" if moving else "not ended"
+            )
+        return group
+    missing = [t for t in graph.tasks if t not in graph.results]
     if not missing and graph.is_complete():
         group.delete, group.reason = True, "complete"
     elif missing and not moving:

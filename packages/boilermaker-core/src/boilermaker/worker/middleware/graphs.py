@@ -42,7 +42,7 @@ class GraphsMiddleware(Middleware):
             return None
         if claim.kind == "finished" and claim.record is not None:
             logger.info("%s already finished; continuing its graph only", ctx.label)
-            await self.graphs.continue_from(graph, task.task_id, claim.record)
+            await self.graphs.continue_from(graph, task.task_id, claim.record, repeat=True)
             return Outcome(Kind.ALREADY_FINISHED)
         if claim.kind == "missing":
             return Outcome(
