@@ -37,7 +37,7 @@ import click
 from click.core import ParameterSource
 
 from boilermaker.cli.output import configure_verbose_logging, redact
-from boilermaker.config import ConfigError
+from boilermaker.config import ENVIRONMENT, ConfigError, env_var
 
 if TYPE_CHECKING:
     from boilermaker.service_bus import AzureServiceBus
@@ -47,16 +47,18 @@ logger = logging.getLogger("boilermaker.cli")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONNECTION_STRING_ENV = "SERVICE_BUS_CONNECTION_STRING"
-NAMESPACE_URL_ENV = "SERVICE_BUS_NAMESPACE_URL"
-QUEUE_ENV = "SERVICE_BUS_QUEUE_NAME"
-RESULTS_CONNECTION_STRING_ENV = "BOILERMAKER_RESULTS_CONNECTION_STRING"
-RESULTS_STORAGE_URL_ENV = "BOILERMAKER_RESULTS_STORAGE_URL"
-RESULTS_CONTAINER_ENV = "BOILERMAKER_RESULTS_CONTAINER"
-#: The 1.4.1 command line's variables (global options), and a connection-string alias.
-STORAGE_URL_ENV = "BOILERMAKER_STORAGE_URL"
-CONTAINER_ENV = "BOILERMAKER_CONTAINER"
-STORAGE_CONNECTION_STRING_ENV = "BOILERMAKER_STORAGE_CONNECTION_STRING"
+# Every variable is defined once, in boilermaker.config; the CLI reads those names.
+CONNECTION_STRING_ENV = env_var("service_bus_connection_string")
+NAMESPACE_URL_ENV = env_var("service_bus_namespace_url")
+QUEUE_ENV = env_var("service_bus_queue_name")
+RESULTS_CONNECTION_STRING_ENV = env_var("results_connection_string")
+RESULTS_STORAGE_URL_ENV = env_var("results_storage_url")
+RESULTS_CONTAINER_ENV = env_var("results_container")
+#: The 1.4.1 command line's variables (global options), and a connection-string alias:
+#: the settings' older names.
+(STORAGE_URL_ENV,) = ENVIRONMENT["results_storage_url"].aliases
+(CONTAINER_ENV,) = ENVIRONMENT["results_container"].aliases
+(STORAGE_CONNECTION_STRING_ENV,) = ENVIRONMENT["results_connection_string"].aliases
 NO_COLOR_ENV = "NO_COLOR"
 
 _SERVICE_BUS_PARAMS = ("connection_string", "namespace_url", "queue")

@@ -23,6 +23,21 @@ from boilermaker.results_store import ResultsStoreError
 
 T = TypeVar("T")
 
+#: Exit status of an unexpected error (a bug, or a failure nothing explains): distinct
+#: from 1 (a service said no, or "found" for the 1.4.1 commands) and 2 (bad usage or
+#: configuration). The 1.4.1 commands keep their documented 2.
+UNEXPECTED_EXIT = 70
+
+
+def unexpected(exc: BaseException, exit_code: int = UNEXPECTED_EXIT) -> CommandError:
+    """One line for an unexpected error, with the traceback only under ``-v``."""
+    if GlobalOptions.current().verbose:
+        click.echo(redact(traceback.format_exc()), err=True)
+        hint = ""
+    else:
+        hint = " (run again with -v for the traceback)"
+    return CommandError(f"unexpected {type(exc).__name__}: {exc}{hint}", exit_code)
+
 
 class CommandError(click.ClickException):
     """A command's error: printed (redacted) as ``Error: ...``, with its exit status."""
@@ -56,8 +71,4 @@ def run(coro: Coroutine[Any, Any, T], exit_code: int = 1) -> T:
     except BoilermakerError as exc:
         raise CommandError(str(exc), exit_code) from None
     except Exception as exc:
-        if exit_code == 1:
-            raise
-        if GlobalOptions.current().verbose:
-            click.echo(redact(traceback.format_exc()), err=True)
-        raise CommandError(f"{type(exc).__name__}: {exc}", exit_code) from None
+        raise unexpected(exc, UNEXPECTED_EXIT if exit_code == 1 else exit_code) from None

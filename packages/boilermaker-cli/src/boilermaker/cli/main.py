@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import click
 
 from boilermaker.cli.connection import global_options
+from boilermaker.cli.errors import unexpected
 
 #: Every command of ``boilermaker``, as (module, attribute of the click command).
 COMMANDS: list[tuple[str, str]] = [
@@ -55,10 +56,26 @@ for _module, _attribute in COMMANDS:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="boilermaker")
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="boilermaker",
+            standalone_mode=False,
+        )
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
     except SystemExit as exc:
         code = exc.code
         if code is None:
             return 0
         return code if isinstance(code, int) else 1
+    except Exception as exc:  # an error raised outside a command's own handling
+        error = unexpected(exc)
+        error.show()
+        return error.exit_code
     return 0

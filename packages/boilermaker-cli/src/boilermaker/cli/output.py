@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -20,13 +19,10 @@ from typing import Any
 
 import click
 
-#: Secrets in connection strings and SAS query strings: the key is kept, the value hidden.
-_SECRET = re.compile(
-    r"(?P<key>AccountKey|SharedAccessKey|SharedAccessSignature|sig|Signature|"
-    r"client_secret|password)(?P<sep>\s*=\s*)(?P<value>[^;&\s'\"]+)",
-    re.IGNORECASE,
-)
-REDACTED = "***"
+from boilermaker.redact import MASK
+from boilermaker.redact import redact as redact_secrets
+
+REDACTED = MASK
 
 #: Colour of each status as shown by people-facing output.
 STATUS_COLOURS: dict[str, str] = {
@@ -43,8 +39,8 @@ STATUS_COLOURS: dict[str, str] = {
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of keys, signatures and passwords replaced by ``***``."""
-    return _SECRET.sub(lambda m: f"{m['key']}{m['sep']}{REDACTED}", text)
+    """``text`` with every secret masked (the one rule: :func:`boilermaker.redact.redact`)."""
+    return redact_secrets(text)
 
 
 def echo_json(value: Any) -> None:
