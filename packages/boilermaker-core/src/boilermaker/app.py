@@ -67,6 +67,15 @@ class Boilermaker:
         self._graphs: GraphRuntime | None = None
         self._worker: Worker | None = None
 
+    def set_broker(self, broker: Broker) -> None:
+        """Give an application built without a broker its broker (before anything is
+        published or run); an application that has one keeps it (BoilermakerAppException)."""
+        if self.service_bus_client is not None:
+            raise BoilermakerAppException("this application already has a broker")
+        self.service_bus_client = broker
+        self._publisher = None
+        self._graphs = None
+
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a middleware: its hooks run around every task this app's workers
         handle, after the worker's own (see :mod:`boilermaker.worker.middleware`)."""

@@ -177,7 +177,7 @@ def worker(
         raise SystemExit(run_worker_processes(processes, args, env))
     app = load_app(app_spec, app_dir)
     if app.service_bus_client is None:
-        app.service_bus_client = bus.broker()
+        app.set_broker(bus.broker())
     elif bus.on_command_line:
         given = ", ".join("--" + name.replace("_", "-") for name in bus.on_command_line)
         raise click.UsageError(
@@ -195,21 +195,22 @@ def worker(
         if value is not None:
             overrides[name] = value
     try:
-        settings = app.worker(**overrides).settings
+        runner = app.worker(**overrides)  # refuses what cannot work, before anything starts
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    settings = runner.settings
     configure_logging(log_level, json_logs)
     logging.getLogger("boilermaker.cli").info(
         "Starting worker for %s on queue %s (concurrency %d, prefetch %d)",
         app_spec,
-        getattr(app.service_bus_client, "queue_name", "?"),
+        runner.broker.queue_name or "?",
         settings.concurrency,
         settings.effective_prefetch,
     )
 
     async def serve() -> None:
         try:
-            await app.run(settings)
+            await runner.run()
         finally:
             await app.close()
 
