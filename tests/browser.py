@@ -8,8 +8,10 @@ Import the fixtures into a test module or a conftest::
         with serve_directory(tmp_path) as base_url:
             chromium_page.goto(f"{base_url}/index.html")
 
-- ``chromium_browser`` (session): Debian's ``chromium`` driven by Python
+- ``chromium_browser`` (module): Debian's ``chromium`` driven by Python
   playwright (its bundled driver; ``playwright install`` is never run).
+  Module scope, because while playwright's sync API is open the main thread
+  counts as running an event loop, which breaks asyncio tests after it.
   Chromium is required: when it is missing the test fails and says how to
   install it, because CI installs it (``.ci/run``) and a silent skip would
   hide a broken page.
@@ -77,9 +79,9 @@ def serve_directory(path: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Browser]:
-    """Headless Debian Chromium under playwright, shared by the session."""
+    """Headless Debian Chromium under playwright, shared by one test module."""
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: {INSTALL_HINT}", pytrace=False)
     from playwright.sync_api import sync_playwright
