@@ -50,6 +50,12 @@ def test_demo_runs_the_workload_and_reports_each_part() -> None:
     assert "load_import          skipped (never ran)" in out
     assert "page_on_call         success" in out
     assert out.rstrip().endswith("Stopped the emulator and Azurite.")
+    # No key of its own emulator or Azurite is shown.
+    from boilermaker.emulator.config import DEFAULT_KEY
+
+    everything = out + result.stderr
+    assert DEFAULT_KEY not in everything
+    assert "AccountKey=Eby8" not in everything
 
 
 def test_demo_stops_everything_it_started_on_ctrl_c() -> None:

@@ -30,6 +30,7 @@ import click
 
 from boilermaker import Boilermaker, BoilermakerError, RetryException, RetryPolicy
 from boilermaker.broker import SubQueue
+from boilermaker.redact import redact
 from boilermaker.task import TaskGraph, TaskGraphBuilder
 
 QUEUE = "boilermaker-demo"
@@ -242,7 +243,8 @@ async def run_demo(thumbnails: int, timeout: float, out: TextIO) -> int:
     emulator.start()
     try:
         azurite.start()
-        say(f"  Service Bus: {emulator.connection_string}")
+        # Shown without its key (the emulator's development key, DEFAULT_KEY).
+        say(f"  Service Bus: {redact(emulator.connection_string)}")
         say(f"  Blob storage: http://127.0.0.1:{azurite.port}/devstoreaccount1")
         broker = AzureServiceBus.from_connection_string(emulator.connection_string, QUEUE)
         store = BlobClientStorage.from_connection_string(
