@@ -22,7 +22,7 @@ from boilermaker import Boilermaker, RetryException, RetryPolicy, Task
 from boilermaker.cli.main import cli
 from boilermaker.emulator import QueueNotFound, QueueSettings, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
-from tests.browser import chromium_page  # noqa: F401 (a fixture; test_inspect_visual.py opens the browser)
+from tests.browser import chromium_browser, chromium_page  # noqa: F401 (fixtures)
 
 #: Settings a developer's shell may hold; cleared so tests see only what they pass.
 CLEAN_ENV: dict[str, str | None] = {

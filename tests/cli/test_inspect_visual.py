@@ -7,9 +7,8 @@ but the page's own. Every node is drawn with its state in colour and in text.
 Playwright's sync API leaves its event loop set as the thread's running loop
 while a browser is open, so ``asyncio.run`` (the CLI, the fixtures that run
 graphs) cannot be called on this thread then: those run in a helper thread
-(:func:`off_loop`). And the browser is opened per module here, not for the
-session (``tests/browser.py``'s ``chromium_page``, imported by the conftest,
-uses this module's ``chromium_browser``), so the test modules after this one can use asyncio again.
+(:func:`off_loop`). The browser (``tests/browser.py``) is opened per module,
+so the test modules after this one can use asyncio again.
 """
 
 from __future__ import annotations
@@ -17,21 +16,21 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT, serve_directory
+from tests.browser import serve_directory
 from tests.cli.conftest import invoke
 from tests.cli.stored_graphs import run_our_graph, write_legacy_graph
 from tests.conftest import unique_container_name
 
 if TYPE_CHECKING:
     from click.testing import Result
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
     from boilermaker.storage.azurite import Azurite
 
@@ -42,25 +41,6 @@ def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on a thread of its own (free to call ``asyncio.run``)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(fn, *args, **kwargs).result()
-
-
-@pytest.fixture(scope="module")
-def chromium_browser() -> Iterator[Browser]:
-    """``tests/browser.py``'s Chromium, closed when this module is done."""
-    import os
-
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: {INSTALL_HINT}", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def cli(*args: str, **env: str) -> Result:
