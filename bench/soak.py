@@ -55,13 +55,12 @@ from typing import Any
 
 from bench.common import format_table, machine_load
 from bench.soak_azurite import DiskAzurite
+from bench.soak_graphs import check_graphs, plan_graph, publish_until_stored, wait_for_graphs
 from bench.soak_pool import Ledger, WorkerPool
-from bench.soak_worker import build_app, graph_node, soak_task
-from boilermaker import Boilermaker
+from bench.soak_worker import build_app, soak_task
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.storage import BlobClientStorage
-from boilermaker.task import Task, TaskGraph, TaskGraphBuilder, TaskStatus
 
 QUEUE = "soak"
 LOCK_DURATION = 5.0
@@ -355,73 +354,6 @@ async def restart(sizes: Sizes, workdir: Path) -> Figures:
 # -- scenario 4: graphs through a storage outage --------------------------------------------
 
 
-@dataclass
-class PlannedGraph:
-    """A graph and what each of its nodes must end as: ``success``, ``failure``, ``skipped``."""
-
-    graph: TaskGraph
-    expected: dict[str, str]
-    ids: dict[str, str]
-
-    def runs_expected(self, name: str) -> int:
-        return 0 if self.expected[name] == "skipped" else 1
-
-
-def plan_graph(app: Boilermaker, index: int, sleep: float) -> PlannedGraph:
-    """Graph ``index``: one of four shapes of 10-18 nodes, by ``index % 4``."""
-    expected: dict[str, str] = {}
-    ids: dict[str, str] = {}
-
-    def node(label: str, end: str = "success", **kwargs: Any) -> Task:
-        name = f"g{index:02d}-{label}"
-        task = app.create_task(graph_node, name, sleep=sleep, **kwargs)
-        expected[name], ids[name] = end, str(task.task_id)
-        return task
-
-    builder = TaskGraphBuilder()
-    kind = index % 4
-    if kind == 0:  # fan-out / fan-in
-        width = 8 + index % 9
-        builder.add(node("root")).parallel(*[node(f"m{i}") for i in range(width)])
-        builder.then(node("join"))
-    elif kind == 1:  # a chain
-        builder.sequence(*[node(f"c{i}") for i in range(10 + index % 6)])
-    elif kind == 2:  # parallel chains between a root and a join
-        root = node("root")
-        builder.add(root)
-        lasts = []
-        for b in range(3):
-            previous = root
-            for i in range(4):
-                task = node(f"b{b}-{i}")
-                builder.add(task, depends_on=previous)
-                previous = task
-            lasts.append(previous)
-        builder.add(node("join"), depends_on=lasts)
-    else:  # a fan-out whose failing node has a handler; the join is skipped
-        builder.add(node("root"))
-        middle = [node(f"m{i}") for i in range(9)]
-        failing = node("fails", end="failure", fail=True)
-        builder.parallel(*middle, failing).then(node("join", end="skipped"))
-        builder.on_failure(failing.task_id, node("handler"))
-    return PlannedGraph(builder.build(), expected, ids)
-
-
-async def publish_until_stored(app: Boilermaker, graph: TaskGraph, timeout: float) -> int:
-    """Publish ``graph``, trying again while the store is down; returns the failed tries."""
-    failed = 0
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await app.publish_graph(graph)
-            return failed
-        except Exception:
-            failed += 1
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
 async def storage(sizes: Sizes, workdir: Path) -> Figures:
     """Scenario 4: Azurite stopped for ``outage`` s while graphs run; restarted on disk."""
     base = workdir / "storage"
@@ -459,17 +391,28 @@ async def storage(sizes: Sizes, workdir: Path) -> Figures:
         started_during = read() - started_before
         await asyncio.to_thread(azurite.start)
         figures.faults = f"Azurite down {time.monotonic() - stopped_at:.1f} s"
+        restarted = time.monotonic()
         failed_tries = sum(await asyncio.gather(*late))
+        figures.notes.append(
+            f"the graphs published during the outage were stored "
+            f"{time.monotonic() - restarted:.1f} s after the restart"
+        )
         figures.notes.append(
             f"{half} graphs published before the stop, {len(plans) - half} during it "
             f"({failed_tries} publish tries failed while the store was down); "
             f"{started_before} node runs before the stop, {started_during} during it"
         )
+        back = time.monotonic()
         complete = await wait_for_graphs(app, plans, timeout=180)
         if complete < len(plans):
             figures.problems.append(f"only {complete} of {len(plans)} graphs finished")
+        ended = time.monotonic()
         if not await drained(emulator, 60):
             figures.problems.append("the queue did not drain within 60 s")
+        figures.notes.append(
+            f"late publishes done and the graphs finished {ended - back:.1f} s after that; "
+            f"the queue drained {time.monotonic() - ended:.1f} s later"
+        )
         figures.seconds = time.perf_counter() - began
         problems = await check_graphs(app, plans)
         pool.stop()
@@ -523,41 +466,6 @@ def worker_log_count(pool: WorkerPool, *phrases: str) -> list[int]:
             for i, phrase in enumerate(phrases):
                 counts[i] += phrase in line
     return counts
-
-
-async def wait_for_graphs(app: Boilermaker, plans: Sequence[PlannedGraph], timeout: float) -> int:
-    """Wait until every graph has completed; returns how many did."""
-    pending = {plan.graph.graph_id for plan in plans}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for graph_id in list(pending):
-            try:
-                progress = await app.graph_progress(graph_id)
-            except Exception:
-                continue
-            if progress is not None and progress.complete:
-                pending.discard(graph_id)
-        if pending:
-            await asyncio.sleep(0.5)
-    return len(plans) - len(pending)
-
-
-async def check_graphs(app: Boilermaker, plans: Sequence[PlannedGraph]) -> list[str]:
-    """Every node's final record against what its graph was built to do."""
-    problems: list[str] = []
-    for plan in plans:
-        progress = await app.graph_progress(plan.graph.graph_id)
-        if progress is None:
-            problems.append(f"graph {plan.graph.graph_id} has no records")
-            continue
-        for name, end in plan.expected.items():
-            task_id = plan.ids[name]
-            status = progress.statuses.get(task_id)  # type: ignore[call-overload]
-            got = "skipped" if task_id in progress.skipped else str(status)
-            want = {"success": TaskStatus.Success, "failure": TaskStatus.Failure}.get(end, end)
-            if got != str(want):
-                problems.append(f"{name} ended {got}, expected {end}")
-    return problems
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -62,3 +62,17 @@ def test_usage_errors_keep_status_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "No such command" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert isinstance(cli, click.Group)
+
+
+def test_a_commands_own_exit_status_is_what_main_returns(failing_commands: None) -> None:
+    @cli.command("exit-with")
+    @click.argument("status", type=int)
+    def exit_with(status: int) -> None:
+        raise click.exceptions.Exit(status)
+
+    try:
+        assert main(["exit-with", "1"]) == 1
+        assert main(["exit-with", "0"]) == 0
+        assert main(["exit-with", "3"]) == 3
+    finally:
+        cli.commands.pop("exit-with")

@@ -56,7 +56,9 @@ for _module, _attribute in COMMANDS:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     try:
-        cli.main(
+        # Without standalone mode click returns a command's ``ctx.exit(code)`` status
+        # instead of raising it; any other return value is a command's own (status 0).
+        returned = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="boilermaker",
             standalone_mode=False,
@@ -78,4 +80,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = unexpected(exc)
         error.show()
         return error.exit_code
-    return 0
+    return returned if isinstance(returned, int) else 0
