@@ -225,6 +225,23 @@ async def wait_for_end(app: Boilermaker, broker: InMemoryBroker, graph: TaskGrap
     raise AssertionError(f"graph {graph.graph_id} did not complete: {progress}")
 
 
+async def ran_unrecorded(state: dict[str, Any], store: FaultyStore, graph: TaskGraph) -> set[str]:
+    """Nodes whose run had ended but whose outcome was not recorded when the process died:
+    work in flight in a dead worker, which its message's redelivery runs again."""
+    names = {task.args[0]: task_id for task_id, task in graph.tasks.items()}
+    unrecorded = set()
+    for name in state["runs"]:
+        if name not in names:
+            continue
+        blob = await InMemoryResultsStore.read(
+            store, f"task-results/{graph.graph_id}/{names[name]}.json"
+        )
+        status = json.loads(blob.data).get("status") if blob is not None else None
+        if status not in ("success", "failure"):
+            unrecorded.add(name)
+    return unrecorded
+
+
 async def run(shape: Shape, faults: Faults) -> None:
     state: dict[str, Any] = {
         "runs": Counter(),
@@ -242,6 +259,7 @@ async def run(shape: Shape, faults: Faults) -> None:
             faults.crashed.clear()  # a publisher that died: its caller tries again
             continue
     worker = asyncio.create_task(app.run(install_signal_handlers=False, receive_wait=0.02))
+    cut_short: set[str] = set()
     ended = asyncio.create_task(wait_for_end(app, broker, graph))
     try:
         crashed = asyncio.create_task(faults.crashed.wait())
@@ -249,6 +267,7 @@ async def run(shape: Shape, faults: Faults) -> None:
         if crashed.done() and not ended.done():
             worker.cancel()  # the worker process died ...
             await asyncio.gather(worker, return_exceptions=True)
+            cut_short |= await ran_unrecorded(state, store, graph)
             app = new_app(state, broker, store)  # ... and another one starts
             worker = asyncio.create_task(app.run(install_signal_handlers=False, receive_wait=0.02))
         crashed.cancel()
@@ -257,8 +276,9 @@ async def run(shape: Shape, faults: Faults) -> None:
         app.stop()
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
-    # A crash while recording a node's own final outcome lets it run once more.
-    rerun_allowed = {
+    # A crash while recording a node's own final outcome lets it run once more, and
+    # so does one that took the process while another node's run had ended unrecorded.
+    rerun_allowed = cut_short | {
         graph.tasks[r["task_id"]].args[0]
         for r in faults.crashed_records
         if not faults.crash_after
