@@ -6,6 +6,7 @@
 
 # -- Azurite and the blob results store (boilermaker-results) --------------------------
 
+import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -50,3 +51,15 @@ async def blob_store(azurite: Azurite) -> AsyncIterator["BlobClientStorage"]:
         if not store.closed:
             await store.container_client.delete_container()
             await store.close()
+
+
+# -- leaks reported against the test that made them ------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaked_sockets() -> Iterator[None]:
+    """Collect garbage after each test, so a socket or transport it leaked is reported
+    (as an error, warnings being errors) against it, not against whichever later test
+    the collector happens to run in."""
+    yield
+    gc.collect()

@@ -19,8 +19,10 @@ from boilermaker.emulator import (
     QueueSettings,
     ServiceBusEmulator,
 )
+from tests.servicebus.conftest import sdk_leaks_dead_sockets
 
 
+@sdk_leaks_dead_sockets
 async def test_sdk_recovers_after_connections_are_dropped(
     client: ServiceBusClient, servicebus_queue: str, servicebus_emulator: ServiceBusEmulator
 ) -> None:

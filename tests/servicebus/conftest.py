@@ -9,9 +9,8 @@ Tests marked ``live`` talk to a real namespace and are skipped unless
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -45,13 +44,6 @@ sdk_leaks_dead_sockets = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <(socket\\.socket|function _SelectorTransport\\.__del__"
     "|function StreamWriter\\.__del__):pytest.PytestUnraisableExceptionWarning"
 )
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_sockets() -> Iterator[None]:
-    """Collect garbage after each test, so what it leaked is reported against it."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture
