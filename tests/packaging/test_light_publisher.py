@@ -29,18 +29,13 @@ from boilermaker.storage import BlobClientStorage
 from boilermaker.storage.azurite import Azurite
 from tests.conftest import unique_container_name
 from tests.packaging import publish_tasks
-from tests.packaging.wheelhouse import install, make_venv, pins, run
+from tests.packaging.wheelhouse import make_env, run
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(publish_tasks.__file__)
 #: What a service that only publishes installs: no worker transport, no toolbox.
 LIGHT_ABSENT = set(publish_tasks.NOT_IN_LIGHT)
-
-
-def core_with_servicebus(wheel: Path) -> str:
-    """The core wheel with its ``servicebus`` extra, as a requirement."""
-    return f"boilermaker-core[servicebus] @ {wheel.as_uri()}"
 
 
 def publish(python: Path | str, mode: str, queue: str, connection_string: str, **env: str) -> Any:
@@ -96,9 +91,12 @@ async def test_core_and_the_sdk_alone_publish_what_the_worker_transport_publishe
     servicebus_emulator: ServiceBusEmulator,
     servicebus_queue_factory: Callable[..., str],
 ) -> None:
-    python = make_venv(tmp_path / "light")
-    requirements = pins(tmp_path, "boilermaker-core", extras=("servicebus",))
-    install(python, requirements, core_with_servicebus(wheels["boilermaker-core"]))
+    python = make_env(
+        tmp_path / "light",
+        "boilermaker-core",
+        extras=("servicebus",),
+        wheels=(wheels["boilermaker-core"],),
+    )
     connection_string = servicebus_emulator.connection_string
     light_queue, full_queue = servicebus_queue_factory(), servicebus_queue_factory()
 
@@ -158,13 +156,12 @@ async def test_core_results_and_the_sdk_alone_publish_a_graph_a_worker_finishes(
     servicebus_queue: str,
     azurite: Azurite,
 ) -> None:
-    python = make_venv(tmp_path / "light-results")
-    requirements = pins(tmp_path, "boilermaker-core", "boilermaker-results", extras=("servicebus",))
-    install(
-        python,
-        requirements,
-        core_with_servicebus(wheels["boilermaker-core"]),
-        wheels["boilermaker-results"],
+    python = make_env(
+        tmp_path / "light-results",
+        "boilermaker-core",
+        "boilermaker-results",
+        extras=("servicebus",),
+        wheels=(wheels["boilermaker-core"], wheels["boilermaker-results"]),
     )
     container = unique_container_name("light")
     connection_string = servicebus_emulator.connection_string

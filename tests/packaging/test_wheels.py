@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.wheelhouse import DISTRIBUTIONS, install, make_venv, pins, run
+from tests.packaging.wheelhouse import DISTRIBUTIONS, make_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +75,9 @@ ALL_SCRIPT = textwrap.dedent(
 
 
 def test_core_wheel_alone_works_without_azure(wheels: dict[str, Path], tmp_path: Path) -> None:
-    python = make_venv(tmp_path / "core-only")
-    install(python, pins(tmp_path, "boilermaker-core"), wheels["boilermaker-core"])
+    python = make_env(
+        tmp_path / "core-only", "boilermaker-core", wheels=(wheels["boilermaker-core"],)
+    )
     result = run([str(python), "-c", CORE_ONLY_SCRIPT])
     assert "core-only ok 4" in result.stdout
 
@@ -101,7 +102,6 @@ def test_each_wheel_owns_only_its_subpackage(wheels: dict[str, Path]) -> None:
 def test_all_wheels_together_import_every_subpackage(
     wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    python = make_venv(tmp_path / "all")
-    install(python, pins(tmp_path, *DISTRIBUTIONS), *wheels.values())
+    python = make_env(tmp_path / "all", *DISTRIBUTIONS, wheels=tuple(wheels.values()))
     result = run([str(python), "-c", ALL_SCRIPT % (list(DISTRIBUTIONS.values()),)])
     assert "all ok" in result.stdout

@@ -1,9 +1,9 @@
 """Building wheels, making fresh venvs and installing into them, for the packaging tests.
 
 Wheels are built with ``uv build --offline`` (once per session: the ``wheels``
-fixture in conftest.py); third-party packages are installed at the versions
-``uv export --frozen`` pins from the workspace lock file, from uv's cache
-(``--offline``), so nothing is downloaded at test time.
+fixture in conftest.py); third-party packages are installed at the workspace
+lock file's versions from uv's cache (``--offline``), so nothing is downloaded
+at test time.
 """
 
 from __future__ import annotations
@@ -58,27 +58,28 @@ def build_wheels(out: Path) -> dict[str, Path]:
     return built
 
 
-def make_venv(path: Path) -> Path:
-    """A fresh venv on the running Python; returns its interpreter."""
-    run([uv_binary(), "venv", "--python", sys.executable, str(path)])
-    return path / "bin" / "python"
+def make_env(
+    path: Path, *packages: str, extras: tuple[str, ...] = (), wheels: tuple[Path, ...]
+) -> Path:
+    """A fresh venv at ``path`` with our ``wheels`` and the third-party requirements of
+    ``packages`` (and their ``extras``) at the workspace lock file's versions; returns
+    its interpreter.
 
-
-def install(python: Path, pins: Path, *requirements: Path | str) -> None:
-    """Install wheels (``path`` or ``"name[extra] @ file://..."``) with third-party
-    versions pinned to the workspace lock file."""
-    args = [uv_binary(), "pip", "install", "--offline", "--python", str(python), "-r", str(pins)]
-    run([*args, *map(str, requirements)])
-
-
-def pins(tmp_path: Path, *packages: str, extras: tuple[str, ...] = ()) -> Path:
-    """Locked third-party requirements of ``packages`` (and their ``extras``)."""
-    args = [uv_binary(), "export", "--frozen", "--no-hashes", "--no-emit-workspace", "--no-dev"]
-    args.append("-q")
+    Third-party packages come from ``uv sync --frozen --offline``, which reads the lock
+    file and so needs only the wheels ``make install`` put in uv's cache (an offline
+    ``uv pip install -r`` would also need the registry's index pages, which a fresh
+    cache lacks). Our wheels go in with ``--no-deps``; ``uv pip check`` then fails the
+    test if any installed distribution, ours included, lacks a requirement.
+    """
+    sync = [uv_binary(), "sync", "--frozen", "--offline", "--no-dev", "--no-install-workspace"]
+    sync += ["--python", sys.executable]
     for package in packages:
-        args += ["--package", package]
+        sync += ["--package", package]
     for extra in extras:
-        args += ["--extra", extra]
-    out = tmp_path / "pins.txt"
-    out.write_text(run(args, cwd=ROOT).stdout)
-    return out
+        sync += ["--extra", extra]
+    run(sync, cwd=ROOT, env={"UV_PROJECT_ENVIRONMENT": str(path)})
+    python = path / "bin" / "python"
+    pip = [uv_binary(), "pip"]
+    run([*pip, "install", "--offline", "--no-deps", "--python", str(python), *map(str, wheels)])
+    run([*pip, "check", "--python", str(python)])
+    return python
