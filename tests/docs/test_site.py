@@ -78,9 +78,20 @@ def test_search_works_offline(built_site: Path, chromium_page, tmp_path: Path) -
     with serve_directory(built_site) as base:
         chromium_page.goto(f"{base}/")
         chromium_page.click("label.md-search__icon, .md-search__input")
-        chromium_page.fill("input.md-search__input", "RetryException")
+        # The index is built in a web worker from search_index.json; until it is ready the
+        # result line reads "Initializing search". Wait for it (generously: this checks
+        # that search works, not how fast), then type.
+        meta = chromium_page.locator(".md-search-result__meta")
+        chromium_page.wait_for_function(
+            "() => !/initializing/i.test("
+            "document.querySelector('.md-search-result__meta')?.textContent ?? 'initializing')",
+            timeout=90_000,
+        )
+        # Typed key by key: the theme searches on key events, which fill() does not send.
+        chromium_page.locator("input.md-search__input").press_sequentially("RetryException")
         results = chromium_page.locator(".md-search-result__item")
-        results.first.wait_for(timeout=15_000)
+        results.first.wait_for(timeout=30_000)
+        assert "matching" in meta.inner_text().lower()
         assert results.count() >= 1
         text = chromium_page.inner_text(".md-search-result")
         assert "Retr" in text
