@@ -13,12 +13,15 @@ exits, and no blob is written outside ``task-results/``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from boilermaker import Boilermaker, RetryException, RetryPolicy, Task
@@ -124,8 +127,28 @@ async def retries(state: Counter[str], *args: Any, **kwargs: Any) -> None:
     raise RetryException("again")
 
 
+class RetriesDueNow(InMemoryBroker):
+    """Scheduled messages (retries) become due at once.
+
+    A hostile body may carry its own retry policy (a delay of days, say), which the
+    worker honours; here every retry is delivered without that wait, so each one is
+    run and settled within the test instead of left scheduled.
+    """
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        now = datetime.now(UTC)
+        return await super().send(
+            [
+                dataclasses.replace(m, scheduled_enqueue_time=now)
+                if m.scheduled_enqueue_time
+                else m
+                for m in messages
+            ]
+        )
+
+
 async def run_messages(raw: list[bytes]) -> dict[str, tuple[str | None, str]]:
-    broker = InMemoryBroker(max_delivery_count=5)
+    broker = RetriesDueNow(max_delivery_count=5)
     store = InMemoryResultsStore()
     state: Counter[str] = Counter()
     app = Boilermaker(state, broker, results_storage=store)
@@ -167,6 +190,14 @@ async def run_messages(raw: list[bytes]) -> dict[str, tuple[str | None, str]]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(st.lists(bodies, min_size=1, max_size=12))
+# A task whose own policy (the default one: a delay of minutes) has its retries scheduled.
+@example(
+    [
+        json.dumps(
+            {"boilermaker": 2, "task": json.loads(Task.si("retries").model_dump_json())}
+        ).encode()
+    ]
+)
 def test_every_message_runs_and_is_settled_or_is_dead_lettered_with_a_reason(
     raw: list[bytes],
 ) -> None:
