@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.wheelhouse import DISTRIBUTIONS, make_env, run
+from tests.packaging.wheelhouse import DISTRIBUTIONS, make_env, run, uv_binary
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +105,32 @@ def test_all_wheels_together_import_every_subpackage(
     python = make_env(tmp_path / "all", *DISTRIBUTIONS, wheels=tuple(wheels.values()))
     result = run([str(python), "-c", ALL_SCRIPT % (list(DISTRIBUTIONS.values()),)])
     assert "all ok" in result.stdout
+
+
+UPGRADE_SCRIPT = textwrap.dedent(
+    """
+    import shutil, subprocess, sys, pathlib
+    from boilermaker.storage import BlobClientStorage
+    from boilermaker.service_bus import AzureServiceBus
+    script = pathlib.Path(sys.executable).parent / "boilermaker"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    print("upgrade ok", BlobClientStorage.__name__, "inspect" in out.stdout)
+    """
+)
+
+
+def test_boilermaker_servicebus_alone_brings_the_cli_and_the_results_store(
+    wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    """What `pip install -U boilermaker-servicebus` gives a 1.4.1 user: the 1.4.1 wheel
+    held the blob results store and the `boilermaker` command, so this one's
+    requirements must bring both. Our wheels are resolved from its metadata alone."""
+    env = tmp_path / "servicebus"
+    python = make_env(env, "boilermaker-servicebus", wheels=())
+    found = {p.parent for p in wheels.values()}
+    assert len(found) == 1, found
+    install = [uv_binary(), "pip", "install", "--offline", "--no-index", "--python", str(python)]
+    run([*install, "--find-links", str(found.pop()), "boilermaker-servicebus"])
+    run([uv_binary(), "pip", "check", "--python", str(python)])
+    result = run([str(python), "-c", UPGRADE_SCRIPT])
+    assert "upgrade ok BlobClientStorage True" in result.stdout

@@ -80,6 +80,8 @@ def make_env(
     run(sync, cwd=ROOT, env={"UV_PROJECT_ENVIRONMENT": str(path)})
     python = path / "bin" / "python"
     pip = [uv_binary(), "pip"]
-    run([*pip, "install", "--offline", "--no-deps", "--python", str(python), *map(str, wheels)])
-    run([*pip, "check", "--python", str(python)])
+    if wheels:
+        install = [*pip, "install", "--offline", "--no-deps", "--python", str(python)]
+        run([*install, *map(str, wheels)])
+        run([*pip, "check", "--python", str(python)])
     return python
