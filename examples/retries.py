@@ -3,7 +3,8 @@
 ``fetch_rates`` asks for a retry twice (a flaky upstream) and succeeds on its
 third attempt; ``poll_feed`` always asks and exhausts its two tries, so its
 message is dead-lettered as ``ProcessingError``. Each retry is a new message
-scheduled for later, with message id ``<task_id>:<attempt>``.
+scheduled for later, with message id ``<task_id>:<runs so far>`` (``T:1`` after
+the first run, as in 1.4.1).
 """
 
 import asyncio
@@ -41,7 +42,7 @@ async def main() -> None:
     (dead,) = app.service_bus_client.dead_letters()
     print(f"{dead.message_id}: {dead.dead_letter_reason}")
     assert dead.dead_letter_reason == "ProcessingError"
-    assert dead.message_id.endswith(":2")  # the second attempt's message
+    assert dead.message_id.endswith(":1")  # the retry that followed the first run
 
 
 if __name__ == "__main__":

@@ -328,7 +328,7 @@ async def test_crash_before_publishing_a_retry_lets_the_redelivery_run_the_node(
     def fail_every_retry_attempt_once(messages: Sequence[OutgoingMessage]) -> bool:
         # Every attempt of the first publish of the retry fails: the worker gives up.
         if len(fired) < FOLLOW_UP_ATTEMPTS and any(
-            m.message_id == f"{b.task_id}:2" for m in messages
+            m.message_id == f"{b.task_id}:1" for m in messages
         ):
             fired.append("retry")
             return True

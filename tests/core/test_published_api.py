@@ -67,21 +67,21 @@ def test_task_members() -> None:
     assert task.policy == RetryPolicy.default()
     assert Task.default("bare").payload == {"args": [], "kwargs": {}}
     assert task.acks_early is False
-    assert task.retry_task_id == f"{task.task_id}:1"
+    assert task.retry_task_id == f"{task.task_id}:0"  # as 1.4.1: <task_id>:<runs so far>
     assert task.can_retry
     task.mark_published(17)
     assert task.sequence_number == 17
     attempts = task.record_attempt()
     assert attempts is task.attempts
     assert attempts.attempts == 1
-    assert task.retry_task_id == f"{task.task_id}:2"
+    assert task.retry_task_id == f"{task.task_id}:1"
     linear = Task.default(
         "w", policy=RetryPolicy(delay=10, delay_max=100, retry_mode=RetryMode.Linear)
     )
-    linear.record_attempt()
-    assert linear.get_next_delay() == 10
-    linear.record_attempt()
+    linear.record_attempt()  # as 1.4.1: the first retry waits get_delay_interval(1)
     assert linear.get_next_delay() == 20
+    linear.record_attempt()
+    assert linear.get_next_delay() == 30
     a, b = Task.si("a"), Task.si("b")
     assert (a >> b) is b
     assert a.on_success is b

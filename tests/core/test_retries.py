@@ -137,10 +137,10 @@ def test_task_next_delay_follows_its_attempts() -> None:
     policy = RetryPolicy(max_tries=5, delay=10, delay_max=1000, retry_mode=RetryMode.Linear)
     task = Task(function_name="f", policy=policy)
     assert task.can_retry
-    task.attempts.inc()
-    assert task.get_next_delay() == 10
-    task.attempts.inc()
+    task.attempts.inc()  # one run so far: get_delay_interval(1), as 1.4.1
     assert task.get_next_delay() == 20
+    task.attempts.inc()
+    assert task.get_next_delay() == 30
     for _ in range(3):
         task.attempts.inc()
     assert task.attempts.attempts == 5

@@ -296,7 +296,7 @@ async def test_retry_exception_schedules_a_new_message_and_completes_the_origina
     await run_until(app, lambda w: w.stats.retried == 1)
 
     (retry,) = broker.scheduled_messages()
-    assert retry.message_id == f"{task.task_id}:2"
+    assert retry.message_id == f"{task.task_id}:1"
     assert retry.scheduled_enqueue_time is not None
     delay = (retry.scheduled_enqueue_time - before).total_seconds()
     assert 29 <= delay <= 31, f"scheduled {delay}s ahead, policy says 30s"
@@ -306,7 +306,7 @@ async def test_retry_exception_schedules_a_new_message_and_completes_the_origina
     assert retried.attempts.attempts == 1
     assert broker.log == [
         ("send", task.task_id),
-        ("send", f"{task.task_id}:2"),
+        ("send", f"{task.task_id}:1"),
         ("complete", task.task_id),
     ]
     assert broker.counts() == QueueCounts(active=0, scheduled=1, locked=0, dead_lettered=0)
@@ -328,7 +328,7 @@ async def test_retries_exhausted_is_decided_at_failure_time() -> None:
     assert worker.stats.received == 2, "an extra delivery was needed to notice exhaustion"
     message = only_dead_letter(broker)
     assert message.dead_letter_reason == PROCESSING_ERROR
-    assert message.message_id == f"{task.task_id}:2"
+    assert message.message_id == f"{task.task_id}:1"
     assert broker.counts() == QueueCounts(active=0, scheduled=0, locked=0, dead_lettered=1)
 
 
@@ -544,7 +544,7 @@ async def test_a_task_outliving_lock_renewal_is_cancelled_before_its_lock_lapses
     assert len(cancelled) == 1
     assert task.task_id in cancelled[0]
     assert "lock renewal limit of 0.5s" in cancelled[0]
-    assert ("send", f"{task.task_id}:2") in broker.log
+    assert ("send", f"{task.task_id}:1") in broker.log
 
 
 async def test_warning_is_logged_when_a_task_nears_max_lock_renewal(

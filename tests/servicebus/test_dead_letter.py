@@ -75,7 +75,7 @@ async def test_dead_letter_reasons_end_to_end(
             str(failed.task_id),
             str(unknown.task_id),
             # The retry went out under its own message id, and that one gave up.
-            f"{exhausted.task_id}:2",
+            f"{exhausted.task_id}:1",
         }
 
         raw = by_id["raw-1"]
@@ -87,7 +87,7 @@ async def test_dead_letter_reasons_end_to_end(
         assert task_failed.dead_letter_reason == TASK_FAILED
         assert task_failed.dead_letter_description == "ValueError: boom: the task failed"
 
-        processing = by_id[f"{exhausted.task_id}:2"]
+        processing = by_id[f"{exhausted.task_id}:1"]
         assert processing.dead_letter_reason == PROCESSING_ERROR
         assert processing.dead_letter_description is not None
         assert "retries exhausted after 2 attempt(s)" in processing.dead_letter_description

@@ -190,13 +190,15 @@ class Task(BaseModel):
 
     @property
     def retry_task_id(self) -> str:
-        """The message id of this task's next attempt: ``<task_id>:<attempt>``."""
-        return f"{self.task_id}:{self.attempts.attempts + 1}"
+        """The message id of the retry that follows the runs so far:
+        ``<task_id>:<runs so far>`` (``T:1`` after the first run), as in 1.4.1."""
+        return f"{self.task_id}:{self.attempts.attempts}"
 
     def get_next_delay(self) -> int:
-        """Seconds to wait before the next attempt, from the policy (the one formula
-        the worker uses)."""
-        return self.policy.get_delay_interval(max(0, self.attempts.attempts - 1))
+        """Seconds to wait before the retry that follows the runs so far:
+        ``policy.get_delay_interval(runs so far)``, as in 1.4.1 (the one formula the
+        worker uses; a linear policy of 30 s waits 60 s after the first run)."""
+        return self.policy.get_delay_interval(self.attempts.attempts)
 
     def mark_published(self, sequence_number: int | None) -> None:
         """Record the sequence number the broker gave the published message."""
