@@ -280,13 +280,14 @@ def test_shift_operators_link_tasks() -> None:
     assert b.on_success is c
 
     x, y, z = Task.si("x"), Task.si("y"), Task.si("z")
-    # x << y: x runs after y; chains read right to left.
-    assert (x << y) is y
+    # x << y: x runs after y, and the expression is x (as in 1.4.1).
+    assert (x << y) is x
     assert y.on_success is x
+    # So x << y << z is (x << y) << z: x runs after y, and after z (1.4.1's result).
     x2, y2, z2 = Task.si("x"), Task.si("y"), Task.si("z")
     x2 << y2 << z2
-    assert z2.on_success is y2
     assert y2.on_success is x2
+    assert z2.on_success is x2
     assert x2.on_success is None
     assert z.on_success is None
 

@@ -209,12 +209,14 @@ class Task(BaseModel):
         return self.attempts.inc(datetime.now(UTC))
 
     def __rshift__(self, other: Task) -> Task:
+        """``a >> b``: ``b`` runs after ``a`` succeeds; returns ``b``."""
         self.on_success = other
         return other
 
     def __lshift__(self, other: Task) -> Task:
+        """``a << b``: ``a`` runs after ``b`` succeeds; returns ``a`` (as 1.4.1 does)."""
         other.on_success = self
-        return other
+        return self
 
     def __hash__(self) -> int:
         return hash(self.task_id)
