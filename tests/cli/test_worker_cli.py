@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from boilermaker import Boilermaker, Task
 from boilermaker.emulator import ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
@@ -116,3 +118,55 @@ def test_worker_runs_an_app_module_and_stops_on_sigterm(
     counts = servicebus_emulator.counts(servicebus_queue)
     assert counts.active == 1
     assert counts.dead_lettered == 0
+
+
+IDLE_APP = """
+from boilermaker import Boilermaker
+from boilermaker.memory import InMemoryBroker
+
+app = Boilermaker(None, InMemoryBroker())
+"""
+
+
+@pytest.mark.parametrize(
+    ("log_format", "flags"),
+    [("text", []), ("json", []), ("json", ["--json-logs"]), ("text", ["--json-logs"])],
+)
+def test_each_log_line_is_written_once(tmp_path: Path, log_format: str, flags: list[str]) -> None:
+    """BOILERMAKER_LOG_FORMAT (read when the app is made) and the CLI's own logging
+    set-up, together, still give one line per record."""
+    (tmp_path / "idle_app.py").write_text(textwrap.dedent(IDLE_APP))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_BUS_", "BOILERMAKER_"))
+    }
+    env["BOILERMAKER_LOG_FORMAT"] = log_format
+    command = [sys.executable, "-m", "boilermaker.cli", "worker", "idle_app:app"]
+    worker = subprocess.Popen(
+        [*command, "--app-dir", str(tmp_path), *flags],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("Starting worker" in line for line in seen):
+            assert time.monotonic() < deadline, seen
+            seen.append(worker.stderr.readline())
+        time.sleep(2)  # its signal handlers go in just after that line
+        worker.send_signal(signal.SIGTERM)
+        _, rest = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    lines = [line for line in [*seen, *rest.splitlines()] if line.strip()]
+    assert worker.returncode == 0, lines
+    starting = [line for line in lines if "Starting worker" in line]
+    stopped = [line for line in lines if "Worker stopped" in line]
+    assert len(starting) == 1, lines
+    assert len(stopped) == 1, lines
+    as_json = log_format == "json" or "--json-logs" in flags
+    assert all(line.startswith("{") == as_json for line in starting + stopped), lines

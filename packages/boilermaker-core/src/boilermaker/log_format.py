@@ -40,7 +40,21 @@ def configure_json_logging(level: int = logging.INFO, stream: object = None) -> 
     """Send the ``boilermaker`` loggers' records to ``stream`` (stderr) as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(JsonFormatter())
+    return _install(handler, level)
+
+
+#: Marks the handlers this module put on the ``boilermaker`` logger.
+_OURS = "_boilermaker_log_format"
+
+
+def _install(handler: logging.Handler, level: int) -> logging.Handler:
+    """Put ``handler`` on the ``boilermaker`` logger in place of any this module put
+    there before (configuring twice, from the environment and then from the
+    command line, gives one line per record, not two)."""
     logger = logging.getLogger("boilermaker")
+    for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+        logger.removeHandler(old)
+    setattr(handler, _OURS, True)
     logger.addHandler(handler)
     logger.setLevel(level)
     # One line per record even when the root logger has a handler too.
@@ -72,6 +86,4 @@ def configure_from_environment() -> logging.Handler | None:
         return configure_json_logging(level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    return handler
+    return _install(handler, level)
