@@ -9,9 +9,10 @@ import pytest
 
 from tests.browser import serve_directory
 
-#: Pages a reader must find rendered with their code (add guides/task-graphs/ when it exists).
+#: Pages a reader must find rendered with their code.
 PAGES_WITH_CODE = [
     "getting-started/quickstart/",
+    "guides/task-graphs/",
     "guides/task-registration/",
 ]
 
