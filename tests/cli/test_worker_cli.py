@@ -41,6 +41,12 @@ async def linger(state, name: str) -> None:
 """
 
 
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment less any Service Bus or Boilermaker setting."""
+    settings = ("SERVICE_BUS_", "BOILERMAKER_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(settings)}
+
+
 def wait_for(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -66,11 +72,7 @@ def test_worker_runs_an_app_module_and_stops_on_sigterm(
             await app.close()
 
     asyncio.run(publish())
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SERVICE_BUS_", "BOILERMAKER_"))
-    }
+    env = environment_without_settings()
     env["MARKER_DIR"] = str(markers)
     worker = subprocess.Popen(
         [
@@ -136,9 +138,7 @@ def test_each_log_line_is_written_once(tmp_path: Path, log_format: str, flags: l
     """BOILERMAKER_LOG_FORMAT (read when the app is made) and the CLI's own logging
     set-up, together, still give one line per record."""
     (tmp_path / "idle_app.py").write_text(textwrap.dedent(IDLE_APP))
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_BUS_", "BOILERMAKER_"))
-    }
+    env = environment_without_settings()
     env["BOILERMAKER_LOG_FORMAT"] = log_format
     command = [sys.executable, "-m", "boilermaker.cli", "worker", "idle_app:app"]
     worker = subprocess.Popen(
