@@ -313,3 +313,40 @@ async def test_worker_stops_on_a_permanent_receive_error() -> None:
     worker = app.worker(install_signal_handlers=False)
     with pytest.raises(BrokerAuthenticationError, match="revoked"):
         await asyncio.wait_for(worker.run(), timeout=5)
+
+
+async def test_a_message_whose_lock_lapsed_in_the_buffer_is_skipped_not_run_twice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A prefetched message can sit in the client's buffer past its lock while
+    # every slot is busy; the broker redelivers it meanwhile. Only one copy may run.
+    from boilermaker.memory import InMemoryReceiver
+
+    state = {"runs": 0}
+    app, broker = new_app(state, lock_duration=0.3)
+
+    @app.task()
+    async def once(state: dict[str, int]) -> None:
+        state["runs"] += 1
+
+    real_receive = InMemoryReceiver.receive
+    held = {"done": False}
+
+    async def buffered_too_long(self: InMemoryReceiver, max_messages: int, max_wait: float) -> Any:
+        got = await real_receive(self, max_messages, max_wait)
+        if got and not held["done"]:
+            held["done"] = True
+            await asyncio.sleep(0.6)  # the lock (0.3 s) lapses meanwhile
+        return got
+
+    monkeypatch.setattr(InMemoryReceiver, "receive", buffered_too_long)
+    caplog.set_level(logging.WARNING, logger="boilermaker.app")
+    await app.apply_async(once)
+    worker = await app.run_until_idle(timeout=10)
+
+    assert state["runs"] == 1
+    assert worker.stats.received == 1, "the lapsed copy was handed to the task runner"
+    assert worker.stats.locks_lost == 1
+    assert worker.stats.succeeded == 1
+    assert any("lock lapsed" in r.getMessage() for r in caplog.records)
+    assert broker.counts() == EMPTY

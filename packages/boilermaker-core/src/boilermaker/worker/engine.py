@@ -19,6 +19,7 @@ import contextlib
 import logging
 import signal
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from boilermaker.broker import (
@@ -266,12 +267,29 @@ class Worker:
             if not messages:
                 self._last_empty_receive = time.monotonic()
                 continue
+            now = datetime.now(UTC)
             for message in messages:
+                if message.locked_until is not None and message.locked_until <= now:
+                    self._skip_lapsed(message, now)
+                    continue
                 task = asyncio.create_task(runner.handle(message))
                 self._in_flight[task] = message
                 task.add_done_callback(self._task_done)
             if len(self._in_flight) > self.stats.max_in_flight:
                 self.stats.max_in_flight = len(self._in_flight)
+
+    def _skip_lapsed(self, message: ReceivedMessage, now: datetime) -> None:
+        # A prefetched message can wait in the client's buffer past its lock (the
+        # worker was busy). The broker has already made it available again, so
+        # running this copy would run the task twice; it is left unsettled.
+        self.stats.locks_lost += 1
+        assert message.locked_until is not None
+        logger.warning(
+            "Message %s: its lock lapsed %.1fs before it was taken from the buffer; "
+            "skipped, the broker redelivers it",
+            message.message_id,
+            (now - message.locked_until).total_seconds(),
+        )
 
     async def _receive(
         self, receiver: Receiver, free: int, stopping: asyncio.Future[Any]
