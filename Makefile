@@ -7,7 +7,10 @@ PYTEST_ARGS ?=
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --group docs
+	$(UV) sync --frozen --group docs --compile-bytecode
+	@# As pip does on install: without bytecode every process compiles what it imports
+	@# (0.9 s more for each CLI command here, where PYTHONDONTWRITEBYTECODE is set).
+	$(UV) run --no-sync python -m compileall -q -j 0 packages >/dev/null
 	@if [ -f package-lock.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then npm ci --no-audit --no-fund; fi
 	$(UV) run --no-sync python tests/compat/published_env.py install
 

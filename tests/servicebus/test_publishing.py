@@ -254,3 +254,31 @@ async def test_closing_the_broker_fails_sends_in_flight_instead_of_leaving_them_
     assert not pending, f"{len(pending)} send(s) left waiting after close()"
     for send in done:
         assert isinstance(send.exception(), BrokerError)
+
+
+@sdk_leaks_dead_sockets
+async def test_one_publish_after_another_goes_straight_onto_the_kept_link_and_survives_a_drop(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    # After the first publish the driver keeps its connection; sequential callers
+    # then send on it themselves. A connection cut under them is replaced, and
+    # each task still lands once, under its own id.
+    queue = new_queue()
+    broker = make_broker(queue)
+    app = app_for(broker)
+    try:
+        published = [await app.apply_async(noop, i, publish_attempts=3) for i in range(20)]
+        assert broker.sender.direct_sends >= 15
+        assert servicebus_emulator.drop_connections() >= 1
+        published += [await app.apply_async(noop, i, publish_attempts=3) for i in range(20, 40)]
+        # Concurrent callers meanwhile queue behind whoever holds the link.
+        published += await asyncio.gather(*(app.apply_async(noop, i) for i in range(40, 60)))
+        assert servicebus_emulator.counts(queue) == QueueCounts(60, 0, 0, 0, 0)
+        async with broker.receiver() as receiver:
+            peeked = await receiver.peek(100)
+    finally:
+        await broker.close()
+    assert sorted(m.message_id for m in peeked) == sorted(str(t.task_id) for t in published)
+    assert sorted(decode_task(m.body).args[0] for m in peeked) == list(range(60))

@@ -87,15 +87,18 @@ class OutgoingMessage:
     content_type: str | None = "application/json"
     correlation_id: str | None = None
     subject: str | None = None
+    _size: int = field(default=-1, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
-        """An estimate of the encoded size: body, ids and properties."""
-        props = sum(
-            len(k) + (len(v) if isinstance(v, str | bytes) else 8)
-            for k, v in self.application_properties.items()
-        )
-        return len(self.body) + len(self.message_id) + props + 64
+        """An estimate of the encoded size: body, ids and properties (computed once)."""
+        if self._size < 0:
+            props = sum(
+                len(k) + (len(v) if isinstance(v, str | bytes) else 8)
+                for k, v in self.application_properties.items()
+            )
+            object.__setattr__(self, "_size", len(self.body) + len(self.message_id) + props + 64)
+        return self._size
 
 
 @dataclass(slots=True)

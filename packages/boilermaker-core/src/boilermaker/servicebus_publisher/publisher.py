@@ -36,6 +36,7 @@ from azure.servicebus.exceptions import MessageSizeExceededError, OperationTimeo
 from boilermaker.broker import DEFAULT_MAX_MESSAGE_SIZE, OutgoingMessage
 from boilermaker.config import Config, ConfigError
 from boilermaker.exceptions import BoilermakerAppException
+from boilermaker.servicebus_publisher import sdk_internals
 from boilermaker.servicebus_publisher.connection import (
     CredentialFactory,
     ServiceBusTarget,
@@ -81,6 +82,8 @@ class _Link:
     opened: tuple[Any, ...]
 
     async def close(self) -> None:
+        if self.sender in self.opened:  # ours: no need to wait for its keep-alive to wake
+            await sdk_internals.stop_keep_alive(self.sender)
         for resource in self.opened:
             with contextlib.suppress(*SDK_ERRORS):
                 await resource.close()
@@ -257,6 +260,7 @@ class ServiceBusPublisher:
             link = _Link(self._sender, ())
         elif self._client is not None:
             sender = self._client.get_queue_sender(queue_name=self.queue_name)
+            sdk_internals.read_handshake_back_to_back(sender)
             link = _Link(sender, (sender,))
         else:
             assert self.target is not None
@@ -264,6 +268,7 @@ class ServiceBusPublisher:
             # a wrong key or size error must fail at once.
             client, credential = self.target.client(retry_total=0)
             sender = client.get_queue_sender(queue_name=self.queue_name)
+            sdk_internals.read_handshake_back_to_back(sender)
             link = _Link(sender, tuple(r for r in (sender, client, credential) if r is not None))
         try:
             await bounded(link.sender.__aenter__())

@@ -132,6 +132,7 @@ class ServiceBusQueueReceiver:
             socket_timeout=SOCKET_TIMEOUT,
         )
         sdk_internals.shorten_further_pull(self._receiver, FURTHER_PULL)
+        sdk_internals.read_handshake_back_to_back(self._receiver)
         try:
             # Attach now: receive slices are too short to cover opening the link.
             await self._attach()
@@ -176,6 +177,7 @@ class ServiceBusQueueReceiver:
             self._driver = None
         try:
             if self._receiver is not None:
+                await sdk_internals.stop_keep_alive(self._receiver)
                 await self._receiver.close()
         except SDK_ERRORS as exc:
             logger.debug("closing receiver: %s", exc)

@@ -11,6 +11,12 @@ plain sends; only messages that must report a sequence number (scheduled
 ones) use the management link's ``schedule-message``. The driver keeps its
 pooled connection while messages keep coming, so the pool's per-checkout
 cost is paid once per burst, not once per message.
+
+A caller that finds that kept link idle (nothing queued, nothing being sent)
+sends on it itself instead of handing its messages to the driver: one
+publish after another (``await apply_async`` in a loop) then costs a send,
+not a send plus two task switches. The link still carries one send at a
+time: the driver and such callers take turns under one lock.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from boilermaker.broker import BrokerError, OutgoingMessage
 from boilermaker.service_bus.connection import ServiceBusTarget
 from boilermaker.service_bus.errors import SDK_ERRORS, as_broker_error, translate
 from boilermaker.service_bus.messages import to_sdk
+from boilermaker.servicebus_publisher import sdk_internals
 from boilermaker.servicebus_publisher.messages import batch_size_limit, group_by_schedule_time
 from boilermaker.servicebus_publisher.publisher import SEND_TIMEOUT
 from boilermaker.servicebus_publisher.publisher import bounded as _bounded
@@ -49,6 +56,7 @@ class _PooledSender:
         self.sender = sender
 
     async def close(self) -> None:
+        await sdk_internals.stop_keep_alive(self.sender)
         for closer in (self.sender.close, self.client.close):
             with contextlib.suppress(*SDK_ERRORS):
                 await closer()
@@ -75,6 +83,7 @@ class SenderConnector:
         # a wrong key or size error must fail at once.
         client, credential = self.target.client(retry_total=0)
         sender = client.get_queue_sender(queue_name=self.queue_name)
+        sdk_internals.read_handshake_back_to_back(sender)
         return _PooledSender(client, credential, sender)
 
     async def ready(self, connection: _PooledSender) -> bool:
@@ -110,8 +119,16 @@ class BatchingSender:
         self._pool: Any = None  # aio_azure_clients_toolbox ConnectionPool, made on first send
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._driver: asyncio.Task[None] | None = None
+        #: The connection the driver keeps between bursts (None while it has none).
+        self._held: _PooledSender | None = None
+        #: Held by whoever is sending on ``_held``: the driver or a direct caller.
+        self._link_lock = asyncio.Lock()
+        #: A kept connection a direct send found broken (the driver expires it).
+        self._broken: _PooledSender | None = None
+        self._last_direct = 0.0
         self.transfers = 0
         self.schedule_calls = 0
+        self.direct_sends = 0
 
     def _connection_pool(self) -> Any:
         if self._pool is None:
@@ -126,6 +143,41 @@ class BatchingSender:
         """Send (or schedule) messages; sequence numbers for scheduled ones."""
         if not messages:
             return []
+        held = self._held
+        if held is not None and self._queue.empty() and not self._link_lock.locked():
+            return await self._send_direct(held, messages)
+        return await self._enqueue(messages)
+
+    async def _send_direct(
+        self, pooled: _PooledSender, messages: Sequence[OutgoingMessage]
+    ) -> list[int | None]:
+        """Send on the driver's idle kept link (see the module docstring)."""
+        future: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
+        request = _Request(messages, future)
+        async with self._link_lock:
+            if self._held is not pooled:  # the driver let the connection go meanwhile
+                request.future.cancel()
+            else:
+                await self._send_on(pooled, request)
+        if request.future.cancelled():
+            return await self._enqueue(messages)
+        return await future
+
+    async def _send_on(self, pooled: _PooledSender, request: _Request) -> None:
+        """A direct send on the kept link (call with the link lock held)."""
+        broken = True  # unless the send returns: a cancelled send may leave the link odd
+        try:
+            broken = await self._send_requests(pooled, [request])
+        except Exception as exc:  # a failure nobody foresaw, said in core's terms
+            raise as_broker_error(exc, f"sending to {self.queue_name}") from exc
+        finally:
+            self._last_direct = asyncio.get_running_loop().time()
+            self.direct_sends += 1
+            if broken:
+                self._held = None
+                self._broken = pooled
+
+    async def _enqueue(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
         if self._driver is None or self._driver.done():
             self._driver = asyncio.create_task(
                 self._drive(), name=f"servicebus-sender-{self.queue_name}"
@@ -166,28 +218,42 @@ class BatchingSender:
 
     async def _drive(self) -> None:
         while True:
-            first = await self._queue.get()
-            try:
-                async with self._connection() as pooled:
-                    await self._send_burst(pooled, first)
-            except asyncio.CancelledError:
-                if not first.future.done():
-                    first.future.set_exception(BrokerError("sender closed"))
-                raise
-            except Exception as exc:
-                # Pool errors arrive wrapped in exception groups; whatever it is,
-                # fail this request and keep driving (a dead driver hangs every send).
-                self._fail([first], as_broker_error(exc, f"connecting to {self.queue_name}"))
+            pending = [await self._queue.get()]
+            while pending:
+                try:
+                    async with self._connection() as pooled:
+                        pending = await self._send_burst(pooled, pending)
+                except asyncio.CancelledError:
+                    self._fail(pending, BrokerError("sender closed"))
+                    raise
+                except Exception as exc:
+                    # Pool errors arrive wrapped in exception groups; whatever it is,
+                    # fail these requests and keep driving (a dead driver hangs every send).
+                    self._fail(pending, as_broker_error(exc, f"connecting to {self.queue_name}"))
+                    pending = []
+                finally:
+                    self._held = None
 
-    async def _send_burst(self, pooled: _PooledSender, first: _Request) -> None:
-        requests = [first]
+    async def _send_burst(self, pooled: _PooledSender, first: list[_Request]) -> list[_Request]:
+        """Send what is queued on ``pooled`` until the queue stays empty for LINGER s.
+
+        Returns requests still to send when the connection turned out broken (a
+        direct send found it so); they go out on a fresh one.
+        """
+        requests = first
+        loop = asyncio.get_running_loop()
         while True:
             while not self._queue.empty():
                 requests.append(self._queue.get_nowait())
+            if self._broken is pooled:
+                self._broken = None
+                await self._connection_pool().expire_conn(pooled)
+                return [r for r in requests if not r.future.done()]
             live = [r for r in requests if not r.future.done()]
             if live:
                 try:
-                    broken = await self._send_requests(pooled, live)
+                    async with self._link_lock:
+                        broken = await self._send_requests(pooled, live)
                 except BaseException as exc:
                     # Closing (cancelled) or a failure nobody foresaw: the pool's
                     # context manager may swallow it, so fail these callers here.
@@ -201,12 +267,26 @@ class BatchingSender:
                     raise
                 if broken:
                     await self._connection_pool().expire_conn(pooled)
-                    return
+                    return []
+            requests = []
+            self._held = pooled  # callers may now send on it directly
             try:
-                async with asyncio.timeout(LINGER):
-                    requests = [await self._queue.get()]
-            except TimeoutError:
-                return
+                while not requests:
+                    try:
+                        async with asyncio.timeout(LINGER):
+                            requests = [await self._queue.get()]
+                    except TimeoutError:
+                        if self._broken is pooled or loop.time() - self._last_direct >= LINGER:
+                            break  # idle for LINGER s, direct sends included
+            finally:
+                self._held = None
+            if not requests:
+                async with self._link_lock:  # a direct send in progress finishes first
+                    pass
+                if self._broken is pooled:
+                    self._broken = None
+                    await self._connection_pool().expire_conn(pooled)
+                return []
 
     async def _send_requests(self, pooled: _PooledSender, requests: list[_Request]) -> bool:
         """Send every request's messages; returns True if the link looks broken."""
