@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 #: Known benchmarks, in the order they run; any other ``*_bench.py`` runs after them.
-KNOWN = ("worker_bench", "emulator_bench", "results_bench", "servicebus_bench")
+KNOWN = ("worker_bench", "emulator_bench", "results_bench", "servicebus_bench", "sdk_gap_bench")
 #: Arguments for modules that have no ``--quick`` flag of their own.
 QUICK_FALLBACK = {"worker_bench": ["--noop", "1000", "--repeat", "1"]}
 
