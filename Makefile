@@ -13,6 +13,8 @@ install:
 	$(UV) run --no-sync python -m compileall -q -j 0 packages >/dev/null
 	@if [ -f package-lock.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then npm ci --no-audit --no-fund; fi
 	$(UV) run --no-sync python tests/compat/published_env.py install
+	@# The peers the benchmarks compare with, each pinned in its own environment (never fails).
+	$(UV) run --no-sync python bench/peer_envs.py install
 
 test: install
 	$(UV) run pytest $(PYTEST_ARGS)

@@ -25,8 +25,10 @@ baseline beside it, and whether it is met.
 - **the read-only CLI commands** (``dlq list`` on an empty queue, ``dlq show``
   of one message, ``inspect`` of a small graph), wall time of the process,
   against ``boilermaker --help`` (the CLI's own start-up);
-- **peers** (``bench/peers_bench.py``), when their environments are
-  installed: worker throughput and sequential publish through their own APIs.
+- **our worker at its defaults** (concurrency 16) on no-op tasks, beside the
+  **peers** (``bench/peers_bench.py``, when ``make install`` installed their
+  environments): worker throughput and sequential publish through their own
+  APIs, with the raw SDK's figures from the same emulator.
 """
 
 from __future__ import annotations
@@ -417,6 +419,10 @@ async def run_all(args: argparse.Namespace) -> tuple[Figures, str]:
                 figures.keep(
                     "ours c1", await our_worker_row(emu, queues.fresh("c1"), "no-op", n, 1)
                 )
+                figures.keep(
+                    "ours c16",
+                    await our_worker_row(emu, queues.fresh("c16"), "no-op", n, DEFAULT_CONCURRENCY),
+                )
                 # publishing, each side from a cold client
                 for key, make in (
                     ("raw seq", lambda q: raw_sequential_send(emu, q, bodies)),
@@ -473,7 +479,16 @@ def report(figures: Figures, caption: str) -> str:
     rows = figures.rows
     lines = [caption, ""]
     table = []
-    for key in ("raw c1", "ours c1", "raw seq", "ours seq", "raw batch", "ours batch", "sleep"):
+    for key in (
+        "raw c1",
+        "ours c1",
+        "ours c16",
+        "raw seq",
+        "ours seq",
+        "raw batch",
+        "ours batch",
+        "sleep",
+    ):
         row = rows.get(key)
         if row is None:
             continue
