@@ -57,6 +57,7 @@ from bench.servicebus_bench import (
     our_app,
     our_worker_row,
     raw_ceiling,
+    send_in_batches,
 )
 from boilermaker import Boilermaker
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
@@ -124,63 +125,43 @@ async def timed(emu: ServiceBusEmulator, n: int, body: Callable[[], Awaitable[No
     )
 
 
-async def raw_sequential_send(emu: ServiceBusEmulator, queue: str, bodies: Sequence[bytes]) -> Row:
-    client = sender = None
+async def raw_publish(
+    emu: ServiceBusEmulator, queue: str, bodies: Sequence[bytes], batched: bool
+) -> Row:
+    """The raw SDK from a cold client: one ``send_messages`` per body, or batches."""
+    opened: list[Any] = []  # closed after the clock stops
 
     async def work() -> None:
-        nonlocal client, sender
         client = ServiceBusClient.from_connection_string(emu.connection_string)
         sender = client.get_queue_sender(queue)
+        opened[:] = [sender, client]
         await sender.__aenter__()
+        if batched:
+            await send_in_batches(sender, bodies)
+            return
         for body in bodies:
             await sender.send_messages(ServiceBusMessage(body))
 
     try:
         row = await timed(emu, len(bodies), work)
     finally:
-        if sender is not None:
-            await sender.close()
-        if client is not None:
-            await client.close()
+        for handle in opened:
+            await handle.close()
+    if batched:
+        return _named(row, "batch publish", "raw SDK batch send")
     return _named(row, "sequential publish", "raw SDK send_messages")
 
 
-async def raw_batch_send(emu: ServiceBusEmulator, queue: str, bodies: Sequence[bytes]) -> Row:
-    client = sender = None
-
-    async def work() -> None:
-        nonlocal client, sender
-        client = ServiceBusClient.from_connection_string(emu.connection_string)
-        sender = client.get_queue_sender(queue)
-        await sender.__aenter__()
-        batch = await sender.create_message_batch()
-        for body in bodies:
-            message = ServiceBusMessage(body)
-            try:
-                batch.add_message(message)
-            except ValueError:
-                await sender.send_messages(batch)
-                batch = await sender.create_message_batch()
-                batch.add_message(message)
-        if len(batch):
-            await sender.send_messages(batch)
-
-    try:
-        row = await timed(emu, len(bodies), work)
-    finally:
-        if sender is not None:
-            await sender.close()
-        if client is not None:
-            await client.close()
-    return _named(row, "batch publish", "raw SDK batch send")
-
-
-async def our_sequential_publish(emu: ServiceBusEmulator, queue: str, n: int) -> Row:
+async def our_publish(emu: ServiceBusEmulator, queue: str, n: int, batched: bool) -> Row:
+    """Ours from a cold application: ``apply_async`` one after another, or ``apply_many``."""
     apps: list[Boilermaker] = []
 
     async def work() -> None:
         app = our_app(emu.connection_string, queue, RunState(0))
         apps.append(app)
+        if batched:
+            await app.apply_many("noop", [(i,) for i in range(n)])
+            return
         for i in range(n):
             await app.apply_async("noop", i)
 
@@ -189,23 +170,9 @@ async def our_sequential_publish(emu: ServiceBusEmulator, queue: str, n: int) ->
     finally:
         for app in apps:
             await app.close()
+    if batched:
+        return _named(row, "batch publish", "ours apply_many")
     return _named(row, "sequential publish", "ours apply_async")
-
-
-async def our_batch_publish(emu: ServiceBusEmulator, queue: str, n: int) -> Row:
-    apps: list[Boilermaker] = []
-
-    async def work() -> None:
-        app = our_app(emu.connection_string, queue, RunState(0))
-        apps.append(app)
-        await app.apply_many("noop", [(i,) for i in range(n)])
-
-    try:
-        row = await timed(emu, n, work)
-    finally:
-        for app in apps:
-            await app.close()
-    return _named(row, "batch publish", "ours apply_many")
 
 
 def _named(row: Row, workload: str, implementation: str) -> Row:
@@ -425,10 +392,10 @@ async def run_all(args: argparse.Namespace) -> tuple[Figures, str]:
                 )
                 # publishing, each side from a cold client
                 for key, make in (
-                    ("raw seq", lambda q: raw_sequential_send(emu, q, bodies)),
-                    ("ours seq", lambda q: our_sequential_publish(emu, q, n)),
-                    ("raw batch", lambda q: raw_batch_send(emu, q, bodies)),
-                    ("ours batch", lambda q: our_batch_publish(emu, q, n)),
+                    ("raw seq", lambda q: raw_publish(emu, q, bodies, batched=False)),
+                    ("ours seq", lambda q: our_publish(emu, q, n, batched=False)),
+                    ("raw batch", lambda q: raw_publish(emu, q, bodies, batched=True)),
+                    ("ours batch", lambda q: our_publish(emu, q, n, batched=True)),
                 ):
                     queue = queues.fresh("pub")
                     row = await make(queue)

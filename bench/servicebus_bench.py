@@ -144,17 +144,22 @@ async def send_raw(connection_string: str, queue: str, bodies: Sequence[str | by
         ServiceBusClient.from_connection_string(connection_string) as client,
         client.get_queue_sender(queue) as sender,
     ):
-        batch = await sender.create_message_batch()
-        for body in bodies:
-            message = ServiceBusMessage(body)
-            try:
-                batch.add_message(message)
-            except ValueError:
-                await sender.send_messages(batch)
-                batch = await sender.create_message_batch()
-                batch.add_message(message)
-        if len(batch):
+        await send_in_batches(sender, bodies)
+
+
+async def send_in_batches(sender: Any, bodies: Sequence[str | bytes]) -> None:
+    """Send bodies on an open SDK sender, in as few batches as fit."""
+    batch = await sender.create_message_batch()
+    for body in bodies:
+        message = ServiceBusMessage(body)
+        try:
+            batch.add_message(message)
+        except ValueError:
             await sender.send_messages(batch)
+            batch = await sender.create_message_batch()
+            batch.add_message(message)
+    if len(batch):
+        await sender.send_messages(batch)
 
 
 async def drain(connection_string: str, queue: str, expected: int) -> list[bytes]:
