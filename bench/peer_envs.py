@@ -26,15 +26,12 @@ interpreter can run it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 PYTHON_VERSION = "3.11"
@@ -44,6 +41,10 @@ REPO_ROOT = HERE.parent
 PEERS_DIR = HERE / "peers"
 ENVS_DIR = REPO_ROOT / ".bench" / "peers"
 LOCK = ENVS_DIR / ".install.lock"
+
+# The installing helpers are the 1.4.1 environment's (standard library only too).
+sys.path.insert(0, str(REPO_ROOT))
+from tests.compat.published_env import base_python, install_lock, uv_command  # noqa: E402
 
 #: Peer name -> what its environment is for (the package the benchmark measures).
 PEERS: dict[str, str] = {
@@ -116,31 +117,6 @@ def require(name: str) -> Path:
     return python(name)
 
 
-def _uv() -> list[str]:
-    """The uv that runs us (``uv run`` sets UV), else uv on PATH, else ``python -m uv``."""
-    found = os.environ.get("UV") or shutil.which("uv")
-    return [found] if found else [sys.executable, "-m", "uv"]
-
-
-def _base_python() -> str:
-    """This interpreter if it is the version the requirements were compiled for."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == PYTHON_VERSION:
-        return sys.executable
-    return PYTHON_VERSION
-
-
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    """One installer at a time (make install and a benchmark may start together)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(step: str, command: list[str], env: dict[str, str]) -> None:
     """Run an install step quietly; on failure raise with uv's own error, on one line."""
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -160,7 +136,7 @@ def ensure(name: str, quiet: bool = False) -> Path:
         RuntimeError: uv could not create the environment or install into it
             (the message carries uv's own error line).
     """
-    with _install_lock():
+    with install_lock(LOCK):
         why = problem(name)
         if why is None:
             return python(name)
@@ -173,11 +149,19 @@ def ensure(name: str, quiet: bool = False) -> Path:
             if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")
         }
         _marker(name).unlink(missing_ok=True)
-        uv = _uv()
+        uv = uv_command()
         try:
             _run(
                 "uv venv",
-                [*uv, "venv", "--quiet", "--clear", "--python", _base_python(), str(env_dir(name))],
+                [
+                    *uv,
+                    "venv",
+                    "--quiet",
+                    "--clear",
+                    "--python",
+                    base_python(PYTHON_VERSION),
+                    str(env_dir(name)),
+                ],
                 env,
             )
             _run(

@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Any
 
-from azure.servicebus.aio import ServiceBusClient
+from child_common import ErrorLog, Window, describe, wait_until_empty
 from faststream_azure_servicebus import ServiceBusBroker
 
 #: The subscriber's defaults (``ServiceBusBroker.subscriber``'s signature).
@@ -48,43 +48,6 @@ SETTINGS = {
     "max_lock_renewal_duration": 300.0,
     "ack_policy": "REJECT_ON_ERROR",
 }
-
-
-class ErrorLog(logging.Handler):
-    """Keeps the first few warnings and errors logged, to explain a run that stalls."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.seen) < 5:
-            text = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                text += f" [{type(exc).__name__}: {exc}]"
-            self.seen.append(f"{record.name}: {text}"[:400])
-
-
-class Window:
-    """When the first and the last of ``n`` messages were handled, and the CPU between."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.handled = 0
-        self.first = self.last = 0.0
-        self.cpu0 = self.cpu1 = 0.0
-        self.all_handled = asyncio.Event()
-
-    def hit(self) -> None:
-        now = time.perf_counter()
-        if self.handled == 0:
-            self.first, self.cpu0 = now, time.process_time()
-        self.handled += 1
-        self.last = now
-        if self.handled == self.n:
-            self.cpu1 = time.process_time()
-            self.all_handled.set()
 
 
 def broker_for(conn: str, quiet: bool) -> ServiceBusBroker:
@@ -103,20 +66,6 @@ async def presend(conn: str, queue: str, n: int) -> None:
             await broker.publish_batch(*range(start, min(n, start + 1000)), queue=queue)
     finally:
         await broker.stop()
-
-
-async def wait_until_empty(conn: str, queue: str, timeout: float) -> float:
-    """Peek until no message (active or locked) is left; seconds waited."""
-    started = time.perf_counter()
-    async with (
-        ServiceBusClient.from_connection_string(conn) as client,
-        client.get_queue_receiver(queue) as receiver,
-    ):
-        while time.perf_counter() - started < timeout:
-            if not await receiver.peek_messages(max_message_count=1):
-                break
-            await asyncio.sleep(0.05)
-    return time.perf_counter() - started
 
 
 async def work(args: argparse.Namespace, errors: ErrorLog) -> dict[str, Any]:
@@ -169,16 +118,6 @@ async def publish(args: argparse.Namespace, errors: ErrorLog) -> dict[str, Any]:
         "seconds_after_first": t0 + seconds - first,
         "settings": {"client": "one client, cached sender per queue"},
     }
-
-
-def describe(exc: BaseException) -> str:
-    """The exception and what caused it (``raise ... from``), on one line."""
-    parts = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 4:
-        parts.append(f"{type(seen).__name__}: {seen}")
-        seen = seen.__cause__ or seen.__context__
-    return " <- ".join(parts)[:800]
 
 
 def main() -> None:

@@ -80,24 +80,24 @@ def require() -> Path:
     return python()
 
 
-def _uv() -> list[str]:
+def uv_command() -> list[str]:
     """The uv that runs us (``uv run`` sets UV), else uv on PATH, else ``python -m uv``."""
     found = os.environ.get("UV") or shutil.which("uv")
     return [found] if found else [sys.executable, "-m", "uv"]
 
 
-def _base_python() -> str:
-    """This interpreter if it is the version the requirements were compiled for."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == PYTHON_VERSION:
+def base_python(version: str = PYTHON_VERSION) -> str:
+    """This interpreter if it is ``version`` (the requirements'), else that version for uv."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return sys.executable
-    return PYTHON_VERSION
+    return version
 
 
 @contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
+def install_lock(lock: Path = LOCK) -> Iterator[None]:
     """One installer at a time (make install and a benchmark may start together)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("w") as handle:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -107,7 +107,7 @@ def _install_lock() -> Iterator[None]:
 
 def ensure(quiet: bool = False) -> Path:
     """Install the pinned environment unless it is already there and matching; its python."""
-    with _install_lock():
+    with install_lock():
         why = problem()
         if why is None:
             return python()
@@ -122,9 +122,9 @@ def ensure(quiet: bool = False) -> Path:
             if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")
         }
         MARKER.unlink(missing_ok=True)
-        uv = _uv()
+        uv = uv_command()
         subprocess.run(
-            [*uv, "venv", "--quiet", "--clear", "--python", _base_python(), str(ENV_DIR)],
+            [*uv, "venv", "--quiet", "--clear", "--python", base_python(), str(ENV_DIR)],
             check=True,
             env=env,
         )
