@@ -60,6 +60,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from bench import peer_envs
 from bench.common import emulator, format_table, machine_load
+from bench.servicebus_bench import raw_ceiling
 from boilermaker.emulator import QueueSettings, ServiceBusEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,49 +132,11 @@ def _progress(text: str) -> None:
 # -- the raw SDK -----------------------------------------------------------------------------------
 
 
-async def _presend_raw(conn: str, queue: str, n: int) -> None:
-    """Send ``n`` small bodies in as few batches as fit (untimed)."""
-    async with (
-        ServiceBusClient.from_connection_string(conn) as client,
-        client.get_queue_sender(queue) as sender,
-    ):
-        batch = await sender.create_message_batch()
-        for i in range(n):
-            message = ServiceBusMessage(json.dumps({"i": i}))
-            try:
-                batch.add_message(message)
-            except ValueError:
-                await sender.send_messages(batch)
-                batch = await sender.create_message_batch()
-                batch.add_message(message)
-        if len(batch):
-            await sender.send_messages(batch)
-
-
 async def raw_receive_row(emu: ServiceBusEmulator, n: int, prefetch: int = RAW_PREFETCH) -> dict:
     """Receive and complete ``n`` pre-sent messages with a plain peek-lock receiver."""
     queue = fresh_queue(emu, "raw-recv")
-    conn = emu.connection_string
-    await _presend_raw(conn, queue, n)
-    done = 0
-    t0 = cpu0 = 0.0
-    async with (
-        ServiceBusClient.from_connection_string(conn) as client,
-        client.get_queue_receiver(queue, prefetch_count=prefetch) as receiver,
-    ):
-        while done < n:
-            # Never ask for more than is left: the last call would wait out max_wait_time.
-            got = await receiver.receive_messages(
-                max_message_count=min(prefetch, n - done), max_wait_time=5
-            )
-            if not got:
-                raise RuntimeError(f"raw receiver: only {done} of {n} messages arrived")
-            if done == 0:
-                t0, cpu0 = time.perf_counter(), time.process_time()
-            for message in got:
-                await receiver.complete_message(message)
-                done += 1
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    measured = await raw_ceiling(emu, queue, n, prefetch)
+    seconds, cpu = measured.seconds, measured.client_cpu
     left, dead = _left(emu, queue)
     emu.delete_queue(queue)
     return _row(
