@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from boilermaker.broker import Broker
@@ -17,13 +17,13 @@ from boilermaker.exceptions import (
 )
 from boilermaker.graph_dispatch import GraphRuntime
 from boilermaker.graph_recovery import GraphProgress, has_ended, read_progress, recover
-from boilermaker.ids import NullTaskId, TaskId, new_task_id
+from boilermaker.ids import NullTaskId, TaskId
 from boilermaker.log_format import configure_from_environment
 from boilermaker.publishing import Publication, Publisher
 from boilermaker.registry import Registry, TaskFunction
 from boilermaker.results import Records, node_blob, standalone_blob
 from boilermaker.results_store import ResultsStore
-from boilermaker.retries import RetryAttempts, RetryPolicy
+from boilermaker.retries import RetryPolicy
 from boilermaker.task.graph import TaskGraph
 from boilermaker.task.serialize import check_arguments
 from boilermaker.task.status import TaskResult
@@ -125,28 +125,14 @@ class Boilermaker:
         entry = self.registry.lookup(fn)
         entry.check_call(args, kwargs)
         check_arguments(entry.name, args, kwargs)
-        fields: dict[str, Any] = {
-            "function_name": entry.name,
-            "should_dead_letter": entry.should_dead_letter,
-            "acks_late": entry.acks_late,
-            "policy": policy if policy is not None else entry.policy,
-            "payload": {"args": list(args), "kwargs": dict(kwargs)},
-        }
-        if isinstance(fields["policy"], RetryPolicy):
-            # Every field is checked above or comes from the registration, so the
-            # model's validation (which would walk the arguments again) is skipped.
-            # Every field is given: pydantic's default lookup costs more than the rest.
-            return Task.model_construct(
-                task_id=new_task_id(),
-                attempts=RetryAttempts.model_construct(attempts=0, last_retry=datetime.now(UTC)),
-                diagnostic_id=None,
-                graph_id=None,
-                on_success=None,
-                on_failure=None,
-                sequence_number=None,
-                **fields,
-            )
-        return Task(**fields)  # a policy given as a mapping is validated as before
+        return Task.from_checked(
+            entry.name,
+            args,
+            kwargs,
+            should_dead_letter=entry.should_dead_letter,
+            acks_late=entry.acks_late,
+            policy=policy if policy is not None else entry.policy,
+        )
 
     @staticmethod
     def chain(*tasks: Task, on_failure: Task | None = None) -> Task:

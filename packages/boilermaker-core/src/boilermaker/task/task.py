@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -109,6 +109,48 @@ class Task(BaseModel):
         return payload
 
     @classmethod
+    def from_checked(
+        cls,
+        function_name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        should_dead_letter: bool,
+        acks_late: bool,
+        policy: RetryPolicy | Any,
+    ) -> Task:
+        """A new task from arguments the caller has checked already (``check_arguments``).
+
+        Skips the model's validation, which would walk the arguments again; a
+        ``policy`` that is not a :class:`RetryPolicy` (a mapping) is validated
+        as usual. Every field is given, since pydantic's default lookup costs
+        more than building the rest.
+        """
+        payload = {"args": list(args), "kwargs": dict(kwargs)}
+        if not isinstance(policy, RetryPolicy):
+            return cls(
+                function_name=function_name,
+                should_dead_letter=should_dead_letter,
+                acks_late=acks_late,
+                policy=policy,
+                payload=payload,
+            )
+        return cls.model_construct(
+            task_id=new_task_id(),
+            should_dead_letter=should_dead_letter,
+            acks_late=acks_late,
+            function_name=function_name,
+            attempts=RetryAttempts.model_construct(attempts=0, last_retry=datetime.now(UTC)),
+            policy=policy,
+            payload=payload,
+            diagnostic_id=None,
+            graph_id=None,
+            on_success=None,
+            on_failure=None,
+            sequence_number=None,
+        )
+
+    @classmethod
     def si(
         cls,
         fn: Callable[..., Any] | str,
@@ -134,12 +176,13 @@ class Task(BaseModel):
             should_dead_letter = registered.should_dead_letter if registered else True
         if acks_late is None:
             acks_late = registered.acks_late if registered else True
-        return cls(
-            function_name=name,
+        return cls.from_checked(
+            name,
+            fn_args,
+            fn_kwargs,
             should_dead_letter=should_dead_letter,
             acks_late=acks_late,
             policy=policy,
-            payload={"args": list(fn_args), "kwargs": dict(fn_kwargs)},
         )
 
     @classmethod

@@ -155,11 +155,10 @@ class BatchingSender:
         future: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
         request = _Request(messages, future)
         async with self._link_lock:
-            if self._held is not pooled:  # the driver let the connection go meanwhile
-                request.future.cancel()
-            else:
+            still_held = self._held is pooled  # else the driver let the connection go meanwhile
+            if still_held:
                 await self._send_on(pooled, request)
-        if request.future.cancelled():
+        if not still_held:
             return await self._enqueue(messages)
         return await future
 
@@ -245,9 +244,7 @@ class BatchingSender:
         while True:
             while not self._queue.empty():
                 requests.append(self._queue.get_nowait())
-            if self._broken is pooled:
-                self._broken = None
-                await self._connection_pool().expire_conn(pooled)
+            if await self._expire_if_broken(pooled):
                 return [r for r in requests if not r.future.done()]
             live = [r for r in requests if not r.future.done()]
             if live:
@@ -283,10 +280,16 @@ class BatchingSender:
             if not requests:
                 async with self._link_lock:  # a direct send in progress finishes first
                     pass
-                if self._broken is pooled:
-                    self._broken = None
-                    await self._connection_pool().expire_conn(pooled)
+                await self._expire_if_broken(pooled)
                 return []
+
+    async def _expire_if_broken(self, pooled: _PooledSender) -> bool:
+        """Expire ``pooled`` if a direct send found it broken; whether it was."""
+        if self._broken is not pooled:
+            return False
+        self._broken = None
+        await self._connection_pool().expire_conn(pooled)
+        return True
 
     async def _send_requests(self, pooled: _PooledSender, requests: list[_Request]) -> bool:
         """Send every request's messages; returns True if the link looks broken."""
