@@ -175,10 +175,8 @@ class Boilermaker:
     ) -> Task:
         """Create a task for ``fn`` and publish it; returns the published task."""
         task = self.create_task(fn, *args, policy=policy, **kwargs)
-        (published,) = await self.publisher.publish(
-            [Publication(task, delay, checked=True)], publish_attempts
-        )
-        return published
+        # Through publish_task, as in 1.4.1: a subclass that overrides it sees every publish.
+        return await self.publish_task(task, delay=delay, publish_attempts=publish_attempts)
 
     async def publish_task(
         self,
@@ -238,9 +236,7 @@ class Boilermaker:
                 tasks.append(self.create_task(fn, *call))
             else:
                 tasks.append(self.create_task(fn, call))
-        return await self.publisher.publish(
-            [Publication(task, delay, checked=True) for task in tasks], publish_attempts
-        )
+        return await self.publish_many(tasks, delay=delay, publish_attempts=publish_attempts)
 
     # -- graphs and results ---------------------------------------------------------------
 

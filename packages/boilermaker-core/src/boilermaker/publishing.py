@@ -42,8 +42,6 @@ class Publication:
     message_id: str | None = None
     #: Send the task wrapped, so 1.x workers refuse it (nodes of 2.x graphs).
     wrapped: bool = False
-    #: The task's arguments were checked when it was created, just before (apply_async).
-    checked: bool = False
 
 
 def batches_by_size(messages: Sequence[OutgoingMessage], limit: int) -> list[list[OutgoingMessage]]:
@@ -129,8 +127,7 @@ class Publisher:
         self.tracing.inject(task, properties, span)
         for hook in self.hooks:
             hook.before_publish(task, properties)
-        if not (item.checked and task.on_success is None and task.on_failure is None):
-            check_chain_arguments(task)
+        check_chain_arguments(task)
         body = encode_task(task, wrapped=item.wrapped)
         scheduled = datetime.now(UTC) + timedelta(seconds=item.delay) if item.delay > 0 else None
         message = OutgoingMessage(
