@@ -350,3 +350,82 @@ async def test_a_message_whose_lock_lapsed_in_the_buffer_is_skipped_not_run_twic
     assert worker.stats.succeeded == 1
     assert any("lock lapsed" in r.getMessage() for r in caplog.records)
     assert broker.counts() == EMPTY
+
+
+async def test_the_next_task_starts_while_the_last_settlement_is_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A slot is handed back once only settling is left, so at concurrency 1 the
+    # next function runs while the broker confirms the last complete; functions
+    # still never overlap, and the worker waits for every settlement to finish.
+    from boilermaker.memory import InMemoryReceiver
+
+    state: dict[str, Any] = {"running": 0, "peak": 0, "order": []}
+    app, broker = new_app(state)
+
+    @app.task()
+    async def step(state: dict[str, Any], n: int) -> None:
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        state["order"].append(("ran", n))
+        await asyncio.sleep(0.01)
+        state["running"] -= 1
+
+    real_complete = InMemoryReceiver.complete
+    first_confirmed = asyncio.Event()
+
+    async def slow_first_complete(self: InMemoryReceiver, message: Any) -> None:
+        if not first_confirmed.is_set():
+            # Held until the second task has run: without the early hand-back the
+            # worker would wait here and never start it.
+            await wait_until(lambda: ("ran", 1) in state["order"])
+            await real_complete(self, message)
+            state["order"].append(("confirmed", 0))
+            first_confirmed.set()
+            return
+        await real_complete(self, message)
+
+    monkeypatch.setattr(InMemoryReceiver, "complete", slow_first_complete)
+    for n in range(3):
+        await app.apply_async(step, n)
+    worker = await app.run_until_idle(timeout=10, concurrency=1)
+
+    assert state["order"][:3] == [("ran", 0), ("ran", 1), ("confirmed", 0)]
+    assert state["peak"] == 1, "two functions ran at once at concurrency 1"
+    assert worker.stats.succeeded == 3
+    assert worker.stats.max_in_flight == 1
+    assert broker.counts() == EMPTY
+
+
+async def test_stopping_waits_for_a_settlement_still_being_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from boilermaker.memory import InMemoryReceiver
+
+    app, broker = new_app({})
+    settled = asyncio.Event()
+
+    @app.task()
+    async def quick(state: Any) -> None:
+        return None
+
+    real_complete = InMemoryReceiver.complete
+
+    async def slow_complete(self: InMemoryReceiver, message: Any) -> None:
+        await asyncio.sleep(0.3)
+        await real_complete(self, message)
+        settled.set()
+
+    monkeypatch.setattr(InMemoryReceiver, "complete", slow_complete)
+    await app.apply_async(quick)
+    worker = app.worker(concurrency=1, install_signal_handlers=False)
+    running = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.stats.succeeded == 0 and worker.in_flight == 1)
+    await asyncio.sleep(0.05)  # the task has run; its complete is pending
+    worker.stop()
+    await running
+
+    assert settled.is_set(), "the worker stopped before the settlement was confirmed"
+    assert worker.stats.succeeded == 1
+    assert worker.stats.abandoned == 0
+    assert broker.counts() == EMPTY

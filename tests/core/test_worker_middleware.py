@@ -287,3 +287,38 @@ async def test_a_graph_task_on_a_worker_without_a_store_is_refused_at_once() -> 
     assert letter.dead_letter_reason == "ExpectationFailed"
     assert "no results store" in (letter.dead_letter_description or "")
     assert letter.delivery_count <= 1
+
+
+async def test_only_middleware_that_override_a_hook_are_called_for_it() -> None:
+    from boilermaker.worker.middleware import MiddlewareStack
+
+    calls: list[str] = []
+
+    class OnSuccess(Middleware):
+        async def on_success(self, ctx: MessageContext) -> None:
+            calls.append("class")
+
+    class Quiet(Middleware):
+        pass
+
+    async def on_success(ctx: MessageContext) -> None:
+        calls.append("instance")
+
+    patched = Quiet()
+    patched.on_success = on_success  # type: ignore[method-assign]
+    first, quiet = OnSuccess(), Quiet()
+    stack = MiddlewareStack([first, quiet, patched])
+
+    assert stack.with_hook("on_success") == [first, patched]
+    assert stack.with_hook("after_settle") == []
+    broker = InMemoryBroker()
+    app = Boilermaker({}, broker)
+
+    @app.task()
+    async def noop(state: Any) -> None:
+        return None
+
+    await app.apply_async(noop)
+    (message,) = await broker.receiver().receive(1, 1)
+    await stack.run("on_success", MessageContext(message, state={}))
+    assert calls == ["class", "instance"]

@@ -201,3 +201,47 @@ async def test_received_messages_carry_lock_and_enqueue_times(
         assert 10 < (got.locked_until - datetime.now(UTC)).total_seconds() <= 21
         assert got.sequence_number > 0
         await receiver.complete(got)
+
+
+async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_credit_ahead(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    # Prefetched messages that arrive between receive calls are handed out without
+    # one. The SDK grants credit again only inside a receive that finds the buffer
+    # empty; a worker's receiver grants it as soon as the buffer is taken, so its
+    # tasks never wait on a receive while work is queued.
+    queue = new_queue(lock_duration=30)
+    broker = make_broker(queue)
+    await broker.send([OutgoingMessage(b"{}", "first")])
+    async with broker.receiver(prefetch=4) as receiver:
+        (first,) = await receive_n(receiver, 1)  # the link now has credit for 3 more
+        assert receiver.counters.receives >= 1
+        receives = receiver.counters.receives
+
+        await broker.send([OutgoingMessage(b"{}", f"later-{i}") for i in range(3)])
+        await asyncio.sleep(0.3)  # delivered onto the link; nobody is receiving
+        await receiver.complete(first)  # reading its outcome reads the deliveries too
+        later = receiver.take_prefetched(10)
+        assert sorted(_ids(later)) == ["later-0", "later-1", "later-2"]
+        assert all(m.delivery_count == 0 for m in later)
+        assert servicebus_emulator.counts(queue) == QueueCounts(
+            active=0, scheduled=0, locked=3, deferred=0, dead_lettered=0
+        )
+
+        # Credit for what was taken goes out without a receive call.
+        await broker.send([OutgoingMessage(b"{}", f"more-{i}") for i in range(2)])
+        await asyncio.sleep(0.3)
+        await receiver.complete(later[0])
+        more: list[ReceivedMessage] = []
+        for message in later[1:]:
+            await receiver.complete(message)
+            more += receiver.take_prefetched(10)
+        assert sorted(_ids(more)) == ["more-0", "more-1"]
+        assert receiver.counters.receives == receives, "a receive call was needed"
+        for message in more:
+            await receiver.complete(message)
+    assert servicebus_emulator.counts(queue) == QueueCounts(
+        active=0, scheduled=0, locked=0, deferred=0, dead_lettered=0
+    )

@@ -56,6 +56,8 @@ PRIVATE_ATTRIBUTES = [
     "_max_message_size_on_link",
     "_further_pull_receive_timeout",
     "_received_messages",
+    "_build_received_message",
+    "current_link_credit",
     "_await_settlement_outcome",
     "_pending_dispositions",
     "_received_delivery_tags",
@@ -292,9 +294,18 @@ async def test_open_receiver_exposes_what_sdk_internals_reads(
             assert time.monotonic() < deadline, "prefetched messages were not counted"
             await receiver._handler.do_work_async()  # pump the link (test only)
         assert sdk_internals.prefetched_count(receiver) == 2
-        rest = await receiver.receive_messages(max_message_count=2, max_wait_time=0.01)
-        assert len(rest) == 2
+        rest = sdk_internals.take_prefetched(receiver, 5)
+        assert sorted(str(m) for m in rest) == ["m1", "m2"]
+        assert all(isinstance(m, ServiceBusReceivedMessage) for m in rest)
         assert sdk_internals.prefetched_count(receiver) == 0
+        assert sdk_internals.take_prefetched(receiver, 5) == []
+        for message in [first, *rest]:
+            await receiver.complete_message(message)  # built as the SDK builds them
+        # Credit 11 (prefetch + 1) was granted and 3 used: no grant below half of 10.
+        assert attribute(receiver, "_handler._link.current_link_credit") == 8
+        assert not await sdk_internals.top_up_credit(receiver, 10)
+        assert await sdk_internals.top_up_credit(receiver, 20)
+        assert receiver._handler._link.current_link_credit == 20
         assert sdk_internals.shorten_further_pull(receiver, 0.005)
         assert receiver._further_pull_receive_timeout == 0.005
         assert sdk_internals.is_running(receiver)

@@ -223,6 +223,17 @@ class Broker(Protocol):
 
 
 @runtime_checkable
+class PrefetchBuffer(Protocol):
+    """A receiver that can hand out messages it has already prefetched at once,
+    without a round trip or a wait; a worker takes them the moment a slot frees
+    and calls :meth:`Receiver.receive` only when the buffer is empty."""
+
+    def take_prefetched(self, max_messages: int) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` messages already in the buffer ([] when none)."""
+        ...
+
+
+@runtime_checkable
 class IdleAware(Protocol):
     """A broker that can tell when nothing is waiting, scheduled messages included
     (``run_until_idle`` then also waits for retries)."""

@@ -28,9 +28,19 @@ Receiving (``ServiceBusReceiver``)
       How long a receive keeps pulling after its first message (0.2 s by
       default); shortened so a receive slice does not hold settlements back.
       Without it: slices last up to 0.2 s longer.
-  ``_handler._received_messages``
-      The queue of prefetched messages, to hand them out without waiting.
-      Without it: every receive waits a slice.
+  ``_handler._received_messages``, ``_build_received_message``
+      The queue of prefetched messages, to hand them out without waiting,
+      and the SDK's own way of turning one into a received message, so a
+      worker takes what is buffered the moment a slot frees, without a
+      receive call (the SDK's receive does the same two steps, then opens a
+      tracing span and registers its auto lock renewer, neither of which
+      Boilermaker uses). Without them: every receive goes through the
+      receiver's driver and waits a slice when nothing is buffered.
+  ``_handler._link``: ``current_link_credit``, ``flow(link_credit=)``
+      The credit the link still has, and granting it again: the SDK grants
+      credit only inside a receive that finds the buffer empty, so a worker
+      taking from the buffer directly would wait one round trip per buffer
+      load. Without them: credit is granted by the SDK's receive, as before.
   ``_running``
       False once the SDK shut the link down (lost connection), so the driver
       reopens it instead of timing out every slice. Without it: assumed open.
@@ -82,6 +92,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -159,6 +170,40 @@ def prefetched_count(receiver: Any) -> int:
         return int(buffered.qsize()) if buffered is not None else 0
     except (AttributeError, TypeError):
         return 0
+
+
+def take_prefetched(receiver: Any, max_messages: int) -> list[Any]:
+    """Up to ``max_messages`` prefetched messages, built as the SDK's receive builds
+    them, without a receive call: no socket read, no suspension ([] when none are
+    buffered or the SDK keeps them elsewhere)."""
+    handler = getattr(receiver, "_handler", None)
+    buffered = getattr(handler, "_received_messages", None)
+    build = getattr(receiver, "_build_received_message", None)
+    if buffered is None or build is None or not getattr(receiver, "_running", False):
+        return []
+    taken: list[Any] = []
+    try:
+        while len(taken) < max_messages and not buffered.empty():
+            taken.append(build(buffered.get_nowait()))
+            buffered.task_done()
+    except (AttributeError, TypeError, queue.Empty):
+        pass
+    return taken
+
+
+async def top_up_credit(receiver: Any, prefetch: int) -> bool:
+    """Grant the link credit again once what is buffered plus what is still granted
+    falls to half of ``prefetch``, so prefetched messages keep coming without waiting
+    for a receive call to find the buffer empty; True if a grant went out."""
+    link: Any = getattr(getattr(receiver, "_handler", None), "_link", None)
+    credit = getattr(link, "current_link_credit", None)
+    if link is None or not isinstance(credit, int) or prefetch < 1:
+        return False
+    buffered = prefetched_count(receiver)
+    if credit + buffered > prefetch // 2:
+        return False
+    await link.flow(link_credit=prefetch - buffered)
+    return True
 
 
 def is_running(receiver: Any) -> bool:

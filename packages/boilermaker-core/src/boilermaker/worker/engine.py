@@ -2,8 +2,14 @@
 
     while running:
         wait for a free slot
-        receive up to (free slots) messages      # the broker prefetches ahead
+        take up to (free slots) prefetched messages, or receive them
         start a task per message                 # TaskRunner.handle settles it
+
+A task holds its slot until only settling its message is left (it has run and
+its follow-ups are written), so the next task starts while the broker confirms
+the settlement; at ``concurrency=1`` functions still run one at a time, in
+order. A receiver that buffers prefetched messages (:class:`PrefetchBuffer`)
+hands them over without a round trip.
 
 On SIGINT/SIGTERM (or :meth:`Worker.stop`) the loop stops receiving, gives
 in-flight tasks ``shutdown_grace`` seconds, then cancels what is left and
@@ -27,6 +33,7 @@ from boilermaker.broker import (
     BrokerError,
     ControlMessages,
     IdleAware,
+    PrefetchBuffer,
     ReceivedMessage,
     Receiver,
 )
@@ -114,6 +121,10 @@ class Worker:
             broker.is_control_message if isinstance(broker, ControlMessages) else None
         )
         self._in_flight: dict[asyncio.Task[None], ReceivedMessage] = {}
+        # The tasks holding a slot: in flight and not yet settling. A task gives
+        # its slot back once its outcome is decided and its follow-ups are done,
+        # so the next message starts while this one's settlement is on the wire.
+        self._holding: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._force = False
@@ -122,7 +133,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Tasks running right now."""
+        """Messages being handled right now: tasks running, and settlements not yet confirmed."""
         return len(self._in_flight)
 
     def stop(self) -> None:
@@ -245,12 +256,17 @@ class Worker:
         self, receiver: Receiver, runner: TaskRunner, stopping: asyncio.Future[Any]
     ) -> None:
         concurrency = self.settings.concurrency
+        take = receiver.take_prefetched if isinstance(receiver, PrefetchBuffer) else None
         backoff = RECEIVE_BACKOFF
         while not self._stopping.is_set():
-            free = concurrency - len(self._in_flight)
+            free = concurrency - len(self._holding)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                continue
+            messages = take(free) if take is not None else []
+            if messages:
+                self._start(runner, messages)
                 continue
             try:
                 messages = await self._receive(receiver, free, stopping)
@@ -267,16 +283,28 @@ class Worker:
             if not messages:
                 self._last_empty_receive = time.monotonic()
                 continue
-            now = datetime.now(UTC)
-            for message in messages:
-                if message.locked_until is not None and message.locked_until <= now:
-                    self._skip_lapsed(message, now)
-                    continue
-                task = asyncio.create_task(runner.handle(message))
-                self._in_flight[task] = message
-                task.add_done_callback(self._task_done)
-            if len(self._in_flight) > self.stats.max_in_flight:
-                self.stats.max_in_flight = len(self._in_flight)
+            self._start(runner, messages)
+
+    def _start(self, runner: TaskRunner, messages: list[ReceivedMessage]) -> None:
+        """A task per message, each holding a slot until it settles."""
+        now = datetime.now(UTC)
+        for message in messages:
+            if message.locked_until is not None and message.locked_until <= now:
+                self._skip_lapsed(message, now)
+                continue
+            task = asyncio.create_task(runner.handle(message, self._release))
+            self._in_flight[task] = message
+            self._holding.add(task)
+            task.add_done_callback(self._task_done)
+        if len(self._holding) > self.stats.max_in_flight:
+            self.stats.max_in_flight = len(self._holding)
+
+    def _release(self) -> None:
+        """Called by the handling task when only settling its message is left."""
+        task = asyncio.current_task()
+        if task in self._holding:
+            self._holding.discard(task)
+            self._slot_freed.set()
 
     def _skip_lapsed(self, message: ReceivedMessage, now: datetime) -> None:
         # A prefetched message can wait in the client's buffer past its lock (the
@@ -320,6 +348,7 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._holding.discard(task)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("Task handler crashed", exc_info=task.exception())

@@ -76,8 +76,15 @@ class TaskRunner:
 
     # -- entry point --------------------------------------------------------------------
 
-    async def handle(self, message: ReceivedMessage) -> None:
-        """Handle one message and settle it; never raises (except cancellation)."""
+    async def handle(
+        self, message: ReceivedMessage, release: Callable[[], None] | None = None
+    ) -> None:
+        """Handle one message and settle it; never raises (except cancellation).
+
+        ``release`` is called once only settling the message is left: the task
+        has run and its follow-ups (results, callbacks, retries) are done, so
+        the worker may start another task while this settlement is confirmed.
+        """
         ctx = MessageContext(message, state=self.state)
         # Each handler runs in its own asyncio task, so this is its own context.
         current_message.set(CurrentMessage(message, self.receiver))
@@ -87,6 +94,8 @@ class TaskRunner:
             verdict = self._decide(ctx)
             verdict = await self._follow_up(ctx, verdict)
             ctx.verdict = verdict
+            if release is not None:
+                release()
             await self._settle(ctx, verdict)
         except asyncio.CancelledError:
             await self._abandon_after_cancel(ctx)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-
-from azure.identity.aio import DefaultAzureCredential
+from typing import TYPE_CHECKING
 
 from boilermaker.config import env_var
+
+if TYPE_CHECKING:
+    from azure.identity.aio import DefaultAzureCredential
 
 INCLUDE_MSI_ENV = env_var("azure_credential_include_msi")
 
@@ -39,7 +41,14 @@ def include_managed_identity(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def default_credential(environ: Mapping[str, str] | None = None) -> DefaultAzureCredential:
-    """A ``DefaultAzureCredential``, with managed identity only if the environment asks for it."""
+    """A ``DefaultAzureCredential``, with managed identity only if the environment asks for it.
+
+    azure-identity is imported here, when a credential is first needed: a
+    store opened with a connection string (the CLI's usual case) never pays
+    for importing it.
+    """
+    from azure.identity.aio import DefaultAzureCredential
+
     return DefaultAzureCredential(
         exclude_managed_identity_credential=not include_managed_identity(environ)
     )

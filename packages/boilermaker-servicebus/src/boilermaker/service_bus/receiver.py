@@ -6,7 +6,10 @@ than the same completes one after another). The worker engine settles from
 many coroutines at once, so every operation here is queued and one driver
 coroutine performs them in order on the link. Receives are done in short
 slices, so settlements queued meanwhile never wait long; messages already
-prefetched are handed out without waiting at all.
+prefetched are handed out without waiting at all, and a worker takes them
+straight from the buffer (:meth:`ServiceBusQueueReceiver.take_prefetched`),
+without queueing behind the driver; the driver then grants the link credit for
+what was taken, so the buffer refills while the tasks run.
 
 Completes and abandons queued together are pipelined: the driver sends each
 one's disposition, then waits once for all their outcomes, instead of one
@@ -109,6 +112,8 @@ class ServiceBusQueueReceiver:
         self._receiver: ServiceBusReceiver | None = None
         self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._driver: asyncio.Task[None] | None = None
+        self._top_up = False
+        self._top_up_queued = False
         self.counters = _Counters()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -133,6 +138,7 @@ class ServiceBusQueueReceiver:
         )
         sdk_internals.shorten_further_pull(self._receiver, FURTHER_PULL)
         sdk_internals.read_handshake_back_to_back(self._receiver)
+        self._top_up = self.prefetch > 0
         try:
             # Attach now: receive slices are too short to cover opening the link.
             await self._attach()
@@ -214,6 +220,22 @@ class ServiceBusQueueReceiver:
         op.deadline = time.monotonic() + max(0.0, max_wait)
         return await self._submit(op)
 
+    def take_prefetched(self, max_messages: int) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` messages the link has already prefetched, at once.
+
+        Nothing goes over the socket, so this does not wait for the driver;
+        [] when nothing is buffered, the link is down (the driver reopens it on
+        the next :meth:`receive`) or the receiver is not open.
+        """
+        if max_messages < 1 or self._receiver is None or self._driver is None:
+            return []
+        taken = sdk_internals.take_prefetched(self._receiver, max_messages)
+        if taken and self._top_up and not self._top_up_queued:
+            # Ask the driver to grant credit for what was just taken, ahead of need.
+            self._top_up_queued = True
+            self._ops.put_nowait(self._op("top_up"))
+        return [from_sdk(m) for m in taken]
+
     async def complete(self, message: ReceivedMessage) -> None:
         """Complete (remove) the message."""
         await self._submit(self._op("complete", message))
@@ -278,7 +300,12 @@ class ServiceBusQueueReceiver:
         if op.future.done():
             return
         try:
-            if op.kind == "receive":
+            if op.kind == "top_up":
+                self._top_up_queued = False
+                if sdk_internals.is_running(self._receiver):
+                    await sdk_internals.top_up_credit(self._receiver, self.prefetch)
+                op.future.set_result(None)
+            elif op.kind == "receive":
                 await self._receive_slice(op)
             else:
                 result = await self._perform(op)

@@ -143,10 +143,23 @@ class MiddlewareStack:
                     f"boilermaker.worker.Middleware), not {type(item).__name__}"
                 )
         self.middleware = list(middleware)
+        # Per hook, the middleware that override it (in order): a hook left as the
+        # base class's no-op is not called, so an unused hook costs nothing per message.
+        self._by_hook: dict[str, list[Middleware]] = {
+            hook: [item for item in self.middleware if _overrides(item, hook)]
+            for hook in _HOOKS
+        }
+
+    def with_hook(self, hook: str) -> list[Middleware]:
+        """The middleware that override ``hook``, in order."""
+        found = self._by_hook.get(hook)
+        if found is None:
+            found = self._by_hook[hook] = [i for i in self.middleware if _overrides(i, hook)]
+        return found
 
     async def before_task(self, ctx: MessageContext) -> Outcome | None:
         """The first Outcome a middleware returns (the rest are not asked), or None."""
-        for item in self.middleware:
+        for item in self.with_hook("before_task"):
             outcome = await item.before_task(ctx)
             if outcome is not None:
                 return outcome
@@ -154,7 +167,7 @@ class MiddlewareStack:
 
     async def after_task(self, ctx: MessageContext, outcome: Outcome) -> Outcome:
         """``outcome`` as the middleware leave it (each sees the previous one's)."""
-        for item in self.middleware:
+        for item in self.with_hook("after_task"):
             replaced = await item.after_task(ctx, outcome)
             if replaced is not None:
                 outcome = replaced
@@ -162,13 +175,13 @@ class MiddlewareStack:
 
     async def run(self, hook: str, ctx: MessageContext) -> None:
         """Call ``hook`` on each middleware in order; an exception stops and propagates."""
-        for item in self.middleware:
+        for item in self.with_hook(hook):
             await getattr(item, hook)(ctx)
 
     async def notify(self, hook: str, ctx: MessageContext, *, reverse: bool = False) -> None:
         """Call ``hook`` on each middleware; exceptions are logged, never propagated."""
-        items = reversed(self.middleware) if reverse else self.middleware
-        for item in items:
+        found = self.with_hook(hook)
+        for item in reversed(found) if reverse else found:
             try:
                 await getattr(item, hook)(ctx)
             except Exception:
@@ -176,8 +189,21 @@ class MiddlewareStack:
 
     def before_publish(self, task: Task, properties: dict[str, PropertyValue]) -> None:
         """Let every middleware add to a message's properties."""
-        for item in self.middleware:
+        for item in self.with_hook("before_publish"):
             item.before_publish(task, properties)
 
+
+def _overrides(item: Middleware, hook: str) -> bool:
+    """Whether ``item`` does something at ``hook``: its class, or the instance itself,
+    replaces the base class's no-op."""
+    if hook in getattr(item, "__dict__", {}):
+        return True
+    return getattr(type(item), hook, None) is not getattr(Middleware, hook, None)
+
+
+#: The hooks a middleware may override.
+_HOOKS = tuple(
+    name for name, value in vars(Middleware).items() if callable(value) and not name.startswith("_")
+)
 
 __all__ = ["MessageContext", "Middleware", "MiddlewareStack"]
