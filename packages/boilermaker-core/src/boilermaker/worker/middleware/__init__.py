@@ -146,8 +146,7 @@ class MiddlewareStack:
         # Per hook, the middleware that override it (in order): a hook left as the
         # base class's no-op is not called, so an unused hook costs nothing per message.
         self._by_hook: dict[str, list[Middleware]] = {
-            hook: [item for item in self.middleware if _overrides(item, hook)]
-            for hook in _HOOKS
+            hook: [item for item in self.middleware if _overrides(item, hook)] for hook in _HOOKS
         }
 
     def with_hook(self, hook: str) -> list[Middleware]:
