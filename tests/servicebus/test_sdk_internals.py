@@ -305,7 +305,7 @@ async def test_open_receiver_exposes_what_sdk_internals_reads(
         assert attribute(receiver, "_handler._link.current_link_credit") == 8
         assert not await sdk_internals.top_up_credit(receiver, 10)
         assert await sdk_internals.top_up_credit(receiver, 20)
-        assert receiver._handler._link.current_link_credit == 20
+        assert receiver._handler._link.current_link_credit == 21  # as the SDK grants: + 1
         assert sdk_internals.shorten_further_pull(receiver, 0.005)
         assert receiver._further_pull_receive_timeout == 0.005
         assert sdk_internals.is_running(receiver)

@@ -202,7 +202,7 @@ async def top_up_credit(receiver: Any, prefetch: int) -> bool:
     buffered = prefetched_count(receiver)
     if credit + buffered > prefetch // 2:
         return False
-    await link.flow(link_credit=prefetch - buffered)
+    await link.flow(link_credit=prefetch + 1 - buffered)
     return True
 
 

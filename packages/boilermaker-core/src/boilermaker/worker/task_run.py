@@ -95,6 +95,9 @@ class TaskRunner:
             verdict = await self._follow_up(ctx, verdict)
             ctx.verdict = verdict
             if release is not None:
+                # Settling takes a round trip, well inside the half a lock duration
+                # renewal leaves; renewing meanwhile would race the settlement.
+                self.renewer.untrack(message)
                 release()
             await self._settle(ctx, verdict)
         except asyncio.CancelledError:

@@ -11,9 +11,12 @@ straight from the buffer (:meth:`ServiceBusQueueReceiver.take_prefetched`),
 without queueing behind the driver; the driver then grants the link credit for
 what was taken, so the buffer refills while the tasks run.
 
-Completes and abandons queued together are pipelined: the driver sends each
-one's disposition, then waits once for all their outcomes, instead of one
-round trip per message. Each outcome is still checked on its own (a lost
+Completes and abandons are pipelined: the driver sends each one's
+disposition as it comes to it, runs the turn's other operations (a receive
+reads the outcomes as they arrive), then waits once for all the outcomes
+still missing, instead of one round trip per message. A disposition goes out
+before any receive queued after it, so the service applies an abandon before
+it hands out more messages. Each outcome is still checked on its own (a lost
 lock fails that message only), and one the service does not confirm is
 settled again through the management link, as the SDK itself does. The SDK
 internals this takes are all in :mod:`boilermaker.servicebus_publisher.sdk_internals`
@@ -79,6 +82,16 @@ class _Op:
     args: tuple[Any, ...] = ()
     deadline: float = 0.0
     max_messages: int = 0
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A complete or abandon whose disposition went out; its outcome is not read yet."""
+
+    op: _Op
+    message: Any
+    delivery_id: int
+    link: DispositionLink
 
 
 @dataclass(slots=True)
@@ -277,23 +290,31 @@ class ServiceBusQueueReceiver:
             turn = [await self._ops.get()]
             while not self._ops.empty():
                 turn.append(self._ops.get_nowait())
-            index = 0
-            while index < len(turn):
-                op = turn[index]
-                index += 1
+            # Completes and abandons go out as they come; their outcomes are read
+            # once, after the turn's other operations (a receive reads them too).
+            unconfirmed: list[_Sent] = []
+            batch: list[_Op] = []
+            closing = False
+            for index, op in enumerate(turn):
                 if op is None:
-                    for late in turn[index:]:
+                    for late in turn[index + 1 :]:
                         if late is not None and not late.future.done():
                             late.future.set_exception(BrokerError("receiver closed"))
-                    return
+                    closing = True
+                    break
                 if op.kind in PIPELINED:
-                    batch = [op]
-                    while index < len(turn) and (nxt := turn[index]) and nxt.kind in PIPELINED:
-                        batch.append(nxt)
-                        index += 1
-                    await self._settle_together(batch)
-                else:
-                    await self._run(op)
+                    batch.append(op)
+                    continue
+                if batch:
+                    unconfirmed += await self._send_settlements(batch)
+                    batch = []
+                await self._run(op)
+            if batch:
+                unconfirmed += await self._send_settlements(batch)
+            if unconfirmed:
+                await self._confirm_settlements(unconfirmed)
+            if closing:
+                return
 
     async def _run(self, op: _Op) -> None:
         """Perform one operation, resolving its future with the result or the error."""
@@ -303,7 +324,12 @@ class ServiceBusQueueReceiver:
             if op.kind == "top_up":
                 self._top_up_queued = False
                 if sdk_internals.is_running(self._receiver):
-                    await sdk_internals.top_up_credit(self._receiver, self.prefetch)
+                    try:
+                        await sdk_internals.top_up_credit(self._receiver, self.prefetch)
+                    except _SETTLE_ERRORS as exc:
+                        # A lost connection: the next receive reopens the link,
+                        # which is granted its credit afresh.
+                        logger.debug("granting credit on %s: %s", self.queue_name, exc)
                 op.future.set_result(None)
             elif op.kind == "receive":
                 await self._receive_slice(op)
@@ -330,15 +356,16 @@ class ServiceBusQueueReceiver:
 
     # -- pipelined settlement -------------------------------------------------------------
 
-    async def _settle_together(self, ops: list[_Op]) -> None:
-        """Complete or abandon several messages with one wait for all their outcomes."""
+    async def _send_settlements(self, ops: list[_Op]) -> list[_Sent]:
+        """Send the completes' and abandons' dispositions without waiting for their
+        outcomes; those the link cannot pipeline are settled one by one here."""
         ops = [op for op in ops if not op.future.done()]
-        link = DispositionLink.of(self._receiver) if len(ops) > 1 else None
+        link = DispositionLink.of(self._receiver)
         if link is None:
             for op in ops:
                 await self._run(op)
-            return
-        sent: list[tuple[_Op, Any, int]] = []
+            return []
+        sent: list[_Sent] = []
         for op in ops:
             message: Any = op.message.handle if op.message is not None else None
             if not link.can_settle(message):
@@ -349,19 +376,29 @@ class ServiceBusQueueReceiver:
             except _SETTLE_ERRORS as exc:
                 self._fail(op, self._sdk_error(exc))
                 continue
-            sent.append((op, message, delivery_id))
-        if sent:
-            await link.await_outcomes([d for _, _, d in sent], _SETTLE_ERRORS, logger)
-        for op, message, delivery_id in sent:
+            sent.append(_Sent(op, message, delivery_id, link))
+        return sent
+
+    async def _confirm_settlements(self, sent: list[_Sent]) -> None:
+        """Read the outcomes of sent dispositions (one wait for all), then check each
+        on its own: a refused one fails its message only, an unconfirmed one is
+        settled again by lock token."""
+        by_link: dict[int, tuple[DispositionLink, list[int]]] = {}
+        for item in sent:
+            by_link.setdefault(id(item.link), (item.link, []))[1].append(item.delivery_id)
+        for link, delivery_ids in by_link.values():
+            await link.await_outcomes(delivery_ids, _SETTLE_ERRORS, logger)
+        for item in sent:
+            op = item.op
             try:
-                confirmed = link.confirmed(delivery_id, self._settlement(op))
+                confirmed = item.link.confirmed(item.delivery_id, self._settlement(op))
             except _SETTLE_ERRORS as exc:
                 self._fail(op, self._sdk_error(exc))
                 continue
             if not confirmed:
-                await self._settle_by_lock_token(op, message)
+                await self._settle_by_lock_token(op, item.message)
                 continue
-            sdk_internals.mark_settled(message)
+            sdk_internals.mark_settled(item.message)
             self.counters.settlements += 1
             if not op.future.done():
                 op.future.set_result(None)
