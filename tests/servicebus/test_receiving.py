@@ -214,6 +214,13 @@ async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_cre
     # tasks never wait on a receive while work is queued.
     queue = new_queue(lock_duration=30)
     broker = make_broker(queue)
+
+    async def locked(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while servicebus_emulator.counts(queue).locked < count:
+            assert time.monotonic() < deadline, f"the service never locked {count} messages"
+            await asyncio.sleep(0.02)
+
     await broker.send([OutgoingMessage(b"{}", "first")])
     async with broker.receiver(prefetch=4) as receiver:
         (first,) = await receive_n(receiver, 1)  # the link now has credit for 3 more
@@ -221,7 +228,7 @@ async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_cre
         receives = receiver.counters.receives
 
         await broker.send([OutgoingMessage(b"{}", f"later-{i}") for i in range(3)])
-        await asyncio.sleep(0.3)  # delivered onto the link; nobody is receiving
+        await locked(4)  # delivered onto the link; nobody is receiving
         await receiver.complete(first)  # reading its outcome reads the deliveries too
         later = receiver.take_prefetched(10)
         assert sorted(_ids(later)) == ["later-0", "later-1", "later-2"]
@@ -232,7 +239,7 @@ async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_cre
 
         # Credit for what was taken goes out without a receive call.
         await broker.send([OutgoingMessage(b"{}", f"more-{i}") for i in range(2)])
-        await asyncio.sleep(0.3)
+        await locked(5)  # only the credit granted for what was taken lets them come
         await receiver.complete(later[0])
         more: list[ReceivedMessage] = []
         for message in later[1:]:
