@@ -180,8 +180,9 @@ class Broker(Protocol):
     """A queue to publish tasks to and receive them from.
 
     Optional capabilities are protocols of their own (:class:`IdleAware`,
-    :class:`ControlMessages`, :class:`Configured`); the worker checks for them
-    once, when it is built.
+    :class:`ControlMessages`, :class:`Configured`, and :class:`PrefetchBuffer`
+    on a receiver); the worker checks for them once, when it is built (a
+    receiver's, when it opens it).
     """
 
     @property
