@@ -57,9 +57,13 @@ async def blob_store(azurite: Azurite) -> AsyncIterator["BlobClientStorage"]:
 
 
 @pytest.fixture(autouse=True)
-def _collect_leaked_sockets() -> Iterator[None]:
+def _collect_leaked_sockets(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Collect garbage after each test, so a socket or transport it leaked is reported
     (as an error, warnings being errors) against it, not against whichever later test
-    the collector happens to run in."""
+    the collector happens to run in. The test's log records go first: one logged
+    with a traceback holds the frames, and the connections, it was raised through,
+    and pytest would keep it until the next test began."""
     yield
+    for phase in ("setup", "call"):
+        caplog.get_records(phase).clear()  # pytest's own lists, kept past teardown
     gc.collect()
