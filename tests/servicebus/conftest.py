@@ -9,7 +9,9 @@ Tests marked ``live`` talk to a real namespace and are skipped unless
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -121,3 +123,12 @@ def wrong_key(connection_string: str) -> str:
         for part in connection_string.split(";")
     ]
     return ";".join(parts)
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``condition()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -17,6 +17,7 @@ from boilermaker.config import Config
 from boilermaker.emulator import QueueCounts, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus, ServiceBusQueueReceiver
 from tests.contracts.broker_contract import receive_n
+from tests.servicebus.conftest import until
 
 
 class RecordingBroker(AzureServiceBus):
@@ -216,10 +217,11 @@ async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_cre
     broker = make_broker(queue)
 
     async def locked(count: int) -> None:
-        deadline = time.monotonic() + 10
-        while servicebus_emulator.counts(queue).locked < count:
-            assert time.monotonic() < deadline, f"the service never locked {count} messages"
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: servicebus_emulator.counts(queue).locked >= count,
+            10,
+            f"the service to lock {count} messages",
+        )
 
     await broker.send([OutgoingMessage(b"{}", "first")])
     async with broker.receiver(prefetch=4) as receiver:

@@ -9,14 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from boilermaker import Boilermaker
 from boilermaker.broker import ReceivedMessage
 from boilermaker.emulator import QueueCounts, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus, ServiceBusQueueReceiver
 from boilermaker.worker import Worker
-from tests.servicebus.conftest import sdk_leaks_dead_sockets
+from tests.servicebus.conftest import sdk_leaks_dead_sockets, until
 
 
 @dataclass
@@ -52,14 +50,6 @@ def ledger_broker(emulator: ServiceBusEmulator, queue: str, ledger: Ledger) -> L
     assert isinstance(broker, LedgerBroker)
     broker.ledger = ledger
     return broker
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @sdk_leaks_dead_sockets

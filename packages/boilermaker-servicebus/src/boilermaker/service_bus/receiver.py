@@ -125,7 +125,6 @@ class ServiceBusQueueReceiver:
         self._receiver: ServiceBusReceiver | None = None
         self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._driver: asyncio.Task[None] | None = None
-        self._top_up = False
         self._top_up_queued = False
         self.counters = _Counters()
 
@@ -151,7 +150,6 @@ class ServiceBusQueueReceiver:
         )
         sdk_internals.shorten_further_pull(self._receiver, FURTHER_PULL)
         sdk_internals.read_handshake_back_to_back(self._receiver)
-        self._top_up = self.prefetch > 0
         try:
             # Attach now: receive slices are too short to cover opening the link.
             await self._attach()
@@ -243,7 +241,7 @@ class ServiceBusQueueReceiver:
         if max_messages < 1 or self._receiver is None or self._driver is None:
             return []
         taken = sdk_internals.take_prefetched(self._receiver, max_messages)
-        if taken and self._top_up and not self._top_up_queued:
+        if taken and self.prefetch and not self._top_up_queued:
             # Ask the driver to grant credit for what was just taken, ahead of need.
             self._top_up_queued = True
             self._ops.put_nowait(self._op("top_up"))
