@@ -41,6 +41,8 @@ SDK_VERSION = tuple(int(p) for p in importlib.metadata.version("azure-servicebus
 
 #: Module-level names imported from the SDK's private packages.
 PRIVATE_IMPORTS = [
+    ("azure.servicebus._pyamqp._decode", "decode_frame"),
+    ("azure.servicebus._pyamqp._decode", "decode_empty_frame"),
     ("azure.servicebus._common.constants", "MESSAGE_MGMT_SETTLEMENT_TERM_MAP"),
     ("azure.servicebus._pyamqp.constants", "LinkState"),
     ("azure.servicebus._pyamqp.error", "AMQPException"),
@@ -71,6 +73,7 @@ PRIVATE_ATTRIBUTES = [
     "_delivery_id",
     "_delivery_tag",
     "_lock_expired",
+    "receive_frame",
 ]
 
 #: Our source trees that talk to the SDK.
@@ -310,6 +313,41 @@ async def test_open_receiver_exposes_what_sdk_internals_reads(
         assert receiver._further_pull_receive_timeout == 0.005
         assert sdk_internals.is_running(receiver)
     assert not sdk_internals.is_running(receiver)
+
+
+async def test_frames_are_read_in_the_task_that_listens(
+    client: ServiceBusClient, new_queue: Callable[..., str]
+) -> None:
+    queue = new_queue()
+    receiver = client.get_queue_receiver(queue, prefetch_count=2)
+    assert sdk_internals.read_handshake_back_to_back(receiver)
+    async with receiver:
+        connection = attribute(receiver, "_handler._connection")
+        transport = attribute(connection, "_transport")
+        assert callable(attribute(transport, "read"))
+        assert parameters(attribute(transport, "receive_frame")) == ["timeout", "kwargs"]
+        assert sdk_internals.read_frames_inline(receiver._handler)
+        # Nothing arrives: the read times out without a task of its own.
+        loop = asyncio.get_running_loop()
+        made: list[Any] = []
+
+        def counting_factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            made.append(coro)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(counting_factory)
+        try:
+            await connection.listen(wait=0.05)
+            assert await transport.receive_frame(timeout=0.05) == (None, None)
+        finally:
+            loop.set_task_factory(None)
+        assert made == []
+        # The link reads on as before.
+        await send(client, queue, 3)
+        got = await receive(receiver, 3)
+        assert sorted(str(m) for m in got) == ["m0", "m1", "m2"]
+        for message in got:
+            await receiver.complete_message(message)
 
 
 async def test_pipelined_completes_and_abandons_are_confirmed_by_the_service(

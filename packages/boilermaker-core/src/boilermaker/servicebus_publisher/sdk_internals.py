@@ -51,6 +51,14 @@ Receiving (``ServiceBusReceiver``)
       operation keeps the SDK's retries. Without it: opening keeps the SDK's
       retries (slow to report a wrong key, still correct).
 
+Reading frames (both)
+  ``_handler._connection._transport``: ``read()``, ``receive_frame(timeout)``,
+  with ``azure.servicebus._pyamqp._decode.decode_frame`` and ``decode_empty_frame``
+      Each frame is read in the task that listens, under ``asyncio.timeout``,
+      instead of ``asyncio.wait_for``, which on Python 3.11 makes a task, a
+      timer and two extra event-loop turns per frame. Without them: the SDK's
+      own reads.
+
 Pipelined settlement
   ``_await_settlement_outcome``
       True when the SDK waits for the service to confirm each settlement;
@@ -99,6 +107,7 @@ from typing import Any, Literal
 
 try:
     from azure.servicebus._common.constants import MESSAGE_MGMT_SETTLEMENT_TERM_MAP
+    from azure.servicebus._pyamqp._decode import decode_empty_frame, decode_frame
     from azure.servicebus._pyamqp.constants import LinkState
     from azure.servicebus._pyamqp.error import AMQPException
     from azure.servicebus._pyamqp.outcomes import Accepted, Modified
@@ -384,6 +393,7 @@ def read_handshake_back_to_back(handler: Any) -> bool:
         if ready is not None:
 
             async def ready_back_to_back() -> bool:
+                read_frames_inline(amqp)
                 for _ in range(READY_CHECKS):
                     if await ready():
                         return True
@@ -394,6 +404,39 @@ def read_handshake_back_to_back(handler: Any) -> bool:
 
     create_handler._reads_back_to_back = True  # type: ignore[attr-defined]
     handler._create_handler = create_handler
+    return True
+
+
+def read_frames_inline(amqp: Any) -> bool:
+    """Make the connection of ``amqp`` (the SDK's AMQP client of a sender or receiver)
+    read each frame in the task that asks for it; False if it has no such transport.
+
+    The SDK reads a frame with ``asyncio.wait_for(transport.read(), timeout)``,
+    which on Python 3.11 runs every read as a task of its own, with a timer, a
+    waiter and two extra turns of the event loop, even when the frame is already
+    in the buffer. Here the same read runs under ``asyncio.timeout`` (as
+    ``wait_for`` itself does from Python 3.12): a read that times out is
+    cancelled at the same point, the transport keeps what it had read, and the
+    caller gets ``(None, None)`` as before. Nothing else about reading changes.
+    """
+    connection = getattr(amqp, "_connection", None)
+    transport: Any = getattr(connection, "_transport", None)
+    read = getattr(transport, "read", None)
+    if read is None or not hasattr(transport, "receive_frame"):
+        return False
+    if getattr(transport.receive_frame, "_inline", False):
+        return True
+
+    async def receive_frame(timeout: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                header, channel, payload = await read(**kwargs)
+            return channel, decode_frame(payload) if payload else decode_empty_frame(header)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return None, None
+
+    receive_frame._inline = True  # type: ignore[attr-defined]
+    transport.receive_frame = receive_frame
     return True
 
 

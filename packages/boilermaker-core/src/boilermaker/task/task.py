@@ -304,6 +304,8 @@ class TaskChain:
 
 
 _TASK_FIELDS = frozenset(Task.model_fields)
+#: Fields read from a message (the sequence number is the broker's, never the body's).
+_READ_FIELDS = _TASK_FIELDS - {"sequence_number"}
 _NESTED_FIELDS = {
     "policy": frozenset(RetryPolicy.model_fields),
     "attempts": frozenset(RetryAttempts.model_fields),
@@ -313,10 +315,14 @@ _NESTED_FIELDS = {
 def known_task_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """A task document without the fields this version does not know (written by a
     newer minor version, or by 1.x), recursively through chained tasks."""
-    out = {k: v for k, v in doc.items() if k in _TASK_FIELDS and k != "sequence_number"}
+    if doc.keys() <= _READ_FIELDS:
+        out = doc.copy()  # the usual case: written by this version
+    else:
+        out = {k: v for k, v in doc.items() if k in _READ_FIELDS}
     for key, known in _NESTED_FIELDS.items():
-        if isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k in known}
+        nested = out.get(key)
+        if isinstance(nested, dict) and not nested.keys() <= known:
+            out[key] = {k: v for k, v in nested.items() if k in known}
     for key in ("on_success", "on_failure"):
         if isinstance(out.get(key), dict):
             out[key] = known_task_fields(out[key])

@@ -102,6 +102,98 @@ def from_sdk(message: ServiceBusReceivedMessage) -> ReceivedMessage:
     is left empty; it, and any field that cannot be read, is described in
     ``body_error``, and the message can still be settled.
     """
+    try:
+        fast = _plain(message)
+    except Exception:
+        fast = None
+    return fast if fast is not None else _careful(message)
+
+
+# Fields of the AMQP message the SDK's getters read (its own constants).
+_SEQUENCE_NUMBER = b"x-opt-sequence-number"
+_SCHEDULED = b"x-opt-scheduled-enqueue-time"
+_DEAD_LETTER_SOURCE = b"x-opt-deadletter-source"
+_DEAD_LETTER_REASON = b"DeadLetterReason"
+_DEAD_LETTER_DESCRIPTION = b"DeadLetterErrorDescription"
+
+
+def _utf8(value: Any) -> str | None:
+    """A text field as the SDK's getters give it, for the two kinds a message carries."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) is bytes:
+        return value.decode("utf-8")  # invalid UTF-8 raises: the careful path says why
+    raise _NotPlain
+
+
+def _from_properties(value: Any) -> str | None:
+    """A dead-letter field: the SDK's getter gives None for anything but UTF-8 bytes."""
+    return value.decode("utf-8") if type(value) is bytes else None
+
+
+class _NotPlain(Exception):
+    """A message the fast reading does not cover; the careful one reads it."""
+
+
+def _plain(message: ServiceBusReceivedMessage) -> ReceivedMessage | None:
+    """:func:`from_sdk` for the usual message (a data body, text properties), in one go.
+
+    It reads the AMQP sections once where the SDK's getters would test and walk
+    them once per field, and gives the same values; anything unusual (another
+    body type, a field of another type, a getter that fails) returns None or
+    raises, and :func:`_careful` reads the message instead.
+    """
+    raw = message.raw_amqp_message
+    if raw.body_type != AmqpMessageBodyType.DATA:
+        return None
+    body = b"".join(message.body)
+    props = raw.properties or None  # the SDK's getters test this (a list built) per field
+    annotations = raw.annotations or None
+    header = raw.header or None
+    app = raw.application_properties or None
+    if props is not None:
+        message_id = _utf8(props.message_id)
+        content_type = _utf8(props.content_type)
+        correlation_id = _utf8(props.correlation_id)
+        subject = _utf8(props.subject)
+    else:
+        message_id = content_type = correlation_id = subject = None
+    lock_token = message.lock_token
+    if annotations is not None:
+        sequence_number = int(annotations.get(_SEQUENCE_NUMBER) or 0)
+        scheduled = _utc(message.scheduled_enqueue_time_utc) if _SCHEDULED in annotations else None
+        source = annotations.get(_DEAD_LETTER_SOURCE)
+        dead_letter_source = _from_properties(source)
+    else:
+        sequence_number, scheduled, dead_letter_source = 0, None, None
+    if app is not None:
+        properties = {str(_text(k)): _text(v) for k, v in app.items()}
+        reason = _from_properties(app.get(_DEAD_LETTER_REASON))
+        description = _from_properties(app.get(_DEAD_LETTER_DESCRIPTION))
+    else:
+        properties, reason, description = {}, None, None
+    return ReceivedMessage(
+        body=body,
+        message_id=message_id if message_id is not None else "",
+        sequence_number=sequence_number,
+        delivery_count=int((header.delivery_count if header is not None else None) or 0),
+        enqueued_time=_utc(message.enqueued_time_utc),
+        locked_until=_utc(message.locked_until_utc) if lock_token else None,
+        lock_token=str(lock_token) if lock_token else None,
+        application_properties=properties,
+        content_type=content_type,
+        correlation_id=correlation_id,
+        subject=subject,
+        dead_letter_reason=reason,
+        dead_letter_description=description,
+        dead_letter_source=dead_letter_source,
+        scheduled_enqueue_time=scheduled,
+        handle=message,
+    )
+
+
+def _careful(message: ServiceBusReceivedMessage) -> ReceivedMessage:
+    """Each field read on its own; one that cannot be read is named in ``body_error``."""
     read = _Reader(message)
     body = b""
     try:

@@ -241,11 +241,15 @@ class ServiceBusQueueReceiver:
         if max_messages < 1 or self._receiver is None or self._driver is None:
             return []
         taken = sdk_internals.take_prefetched(self._receiver, max_messages)
-        if taken and self.prefetch and not self._top_up_queued:
-            # Ask the driver to grant credit for what was just taken, ahead of need.
+        if taken:
+            self._ask_credit()
+        return [from_sdk(m) for m in taken]
+
+    def _ask_credit(self) -> None:
+        """Messages were taken from the buffer: the driver grants credit for them ahead."""
+        if self.prefetch and not self._top_up_queued:
             self._top_up_queued = True
             self._ops.put_nowait(self._op("top_up"))
-        return [from_sdk(m) for m in taken]
 
     async def complete(self, message: ReceivedMessage) -> None:
         """Complete (remove) the message."""
@@ -428,10 +432,11 @@ class ServiceBusQueueReceiver:
             # every slice, forever), so reopen it here, trying again what may pass.
             logger.warning("Reopening the receiver on %s after losing the link", self.queue_name)
             await self._attach()
-        buffered = sdk_internals.prefetched_count(self._receiver)
         remaining = op.deadline - time.monotonic()
-        if buffered:
-            count, wait = min(op.max_messages, buffered), 0.001
+        # What arrived since the caller looked is handed out without a receive call.
+        got = sdk_internals.take_prefetched(self._receiver, op.max_messages)
+        if got:
+            self._ask_credit()
         else:
             # With prefetch the link already has credit: wait for one message
             # only. Asking for more makes the SDK, once the first arrives, pump
@@ -440,8 +445,8 @@ class ServiceBusQueueReceiver:
             # buffer and is taken by the next call at once.
             count = 1 if self.prefetch else op.max_messages
             wait = max(0.001, min(RECEIVE_SLICE, remaining))
-        got = await self._receiver.receive_messages(max_message_count=count, max_wait_time=wait)
-        self.counters.receives += 1
+            got = await self._receiver.receive_messages(max_message_count=count, max_wait_time=wait)
+            self.counters.receives += 1
         if op.future.done():
             # The caller gave up (worker stopping): hand these straight back.
             for message in got:
