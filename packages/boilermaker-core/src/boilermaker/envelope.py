@@ -34,6 +34,8 @@ SUPPORTED_MAJORS = frozenset({1, 2})
 CONTENT_TYPE = "application/json"
 
 
+#: No envelope key in a document (its value may be anything, null included).
+_ABSENT: Any = object()
 #: Fields every 1.x release wrote (early ones had no ``task_id``; one is then assigned).
 _LEGACY_KEYS = frozenset({"function_name", "attempts", "policy", "payload"})
 
@@ -83,19 +85,20 @@ def decode_task(body: bytes | bytearray | memoryview | str) -> Task:
         raise InvalidTaskFormat(f"message body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidTaskFormat(f"message body is JSON {type(doc).__name__}, not an envelope")
-    if ENVELOPE_KEY in doc:
-        major = _major(doc[ENVELOPE_KEY])
+    version = doc.pop(ENVELOPE_KEY, _ABSENT)  # the document is ours: parsed just now
+    if version is not _ABSENT:
+        major = 2 if version == ENVELOPE_VERSION else _major(version)
         if major not in SUPPORTED_MAJORS:
             raise InvalidTaskFormat(
-                f"envelope version {doc[ENVELOPE_KEY]!r} is not supported "
+                f"envelope version {version!r} is not supported "
                 f"(this worker reads majors {sorted(SUPPORTED_MAJORS)})"
             )
     if "function_name" in doc:
         task_doc: Any = doc
-        if ENVELOPE_KEY not in doc and not doc.keys() >= _LEGACY_KEYS:
+        if version is _ABSENT and not doc.keys() >= _LEGACY_KEYS:
             missing = ", ".join(sorted(_LEGACY_KEYS - doc.keys()))
             raise InvalidTaskFormat(f"message body is a task without {missing}")
-    elif ENVELOPE_KEY in doc:
+    elif version is not _ABSENT:
         task_doc = doc.get("task")
         if not isinstance(task_doc, dict):
             raise InvalidTaskFormat("envelope has neither task fields nor a 'task' object")

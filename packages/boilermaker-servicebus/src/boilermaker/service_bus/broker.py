@@ -30,8 +30,11 @@ READINESS_BODIES = frozenset({b"Connection established"})
 READINESS_TASK = "debug_task"
 
 
+_READINESS_NAME = READINESS_TASK.encode()
+
+
 def _is_1x_readiness_task(body: bytes) -> bool:
-    if READINESS_TASK.encode() not in body[:2048] or len(body) > 4096:
+    if len(body) > 4096 or _READINESS_NAME not in body:
         return False
     try:
         doc = json.loads(body)
