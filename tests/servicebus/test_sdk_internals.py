@@ -371,6 +371,53 @@ async def test_pipelined_completes_and_abandons_are_confirmed_by_the_service(
     assert (counts.active, counts.locked) == (1, 0)  # the abandoned one is back
 
 
+async def test_dispositions_and_a_credit_grant_written_under_a_cork_leave_in_one_write(
+    client: ServiceBusClient, new_queue: Callable[..., str], servicebus_emulator: ServiceBusEmulator
+) -> None:
+    queue = new_queue()
+    await send(client, queue, 6)
+    async with client.get_queue_receiver(queue, prefetch_count=6) as receiver:
+        messages = await receive(receiver, 6)
+        link = DispositionLink.of(receiver)
+        assert link is not None
+        writer = attribute(receiver, "_handler._connection._transport.writer")
+        socket_writes: list[int] = []
+        real_write = writer.transport.write
+
+        def counting_write(data: bytes) -> None:
+            socket_writes.append(len(data))
+            real_write(data)
+
+        writer.transport.write = counting_write
+        errors = (*sdk_internals.TRANSPORT_ERRORS, ServiceBusError)
+        # Three dispositions and a grant: one write.
+        with sdk_internals.WriteCork(receiver) as cork:
+            ids = [await link.send(m, "complete") for m in messages[:3]]
+            assert socket_writes == []  # held until the block ends
+            assert await sdk_internals.top_up_credit(receiver, 20)
+        assert len(socket_writes) == 1
+        await link.await_outcomes(ids, errors, LOGGER)
+        assert [link.confirmed(i, "complete") for i in ids] == [True] * 3
+        # flush() sends what was held at once, inside the block.
+        with sdk_internals.WriteCork(receiver) as cork:
+            late = [await link.send(messages[3], "complete")]
+            cork.flush()
+            assert len(socket_writes) == 2
+            await link.await_outcomes(late, errors, LOGGER)
+        assert link.confirmed(late[0], "complete")
+        assert len(socket_writes) == 2
+        # Without a cork: a write per disposition.
+        rest = [await link.send(m, "complete") for m in messages[4:]]
+        assert len(socket_writes) == 4
+        await link.await_outcomes(rest, errors, LOGGER)
+        assert [link.confirmed(i, "complete") for i in rest] == [True] * 2
+        assert "write" not in vars(writer)  # the writer is itself again
+        for message in messages:
+            sdk_internals.mark_settled(message)
+    counts = servicebus_emulator.counts(queue)
+    assert (counts.active, counts.locked) == (0, 0)
+
+
 async def test_a_disposition_the_service_refuses_is_raised_as_a_transport_error(
     client: ServiceBusClient, new_queue: Callable[..., str]
 ) -> None:

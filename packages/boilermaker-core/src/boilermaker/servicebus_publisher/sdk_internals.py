@@ -59,6 +59,11 @@ Reading frames (both)
       timer and two extra event-loop turns per frame. Without them: the SDK's
       own reads.
 
+  ``_handler._connection._transport.writer``
+      The connection's stream writer: the frames of several dispositions and a
+      credit grant are joined into one socket write (:class:`WriteCork`).
+      Without it: a write per frame.
+
 Pipelined settlement
   ``_await_settlement_outcome``
       True when the SDK waits for the service to confirm each settlement;
@@ -438,6 +443,44 @@ def read_frames_inline(amqp: Any) -> bool:
     receive_frame._inline = True  # type: ignore[attr-defined]
     transport.receive_frame = receive_frame
     return True
+
+
+class WriteCork:
+    """Frames the SDK writes within the block leave in one socket write, at its end.
+
+    ``with WriteCork(receiver) as cork:`` around calls that only send (dispositions,
+    credit): each would be a write, and a system call, of its own. Nothing may wait
+    for the peer inside the block, which would wait for frames not yet sent: call
+    :meth:`flush` first. The SDK still drains after each of its writes, so a lost
+    connection is reported where it was before. Without a stream transport (web
+    sockets) the block changes nothing.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        connection = getattr(getattr(handler, "_handler", None), "_connection", None)
+        writer = getattr(getattr(connection, "_transport", None), "writer", None)
+        self._writer: Any = writer if callable(getattr(writer, "write", None)) else None
+        self._chunks: list[bytes] = []
+        self._write: Any = None
+
+    def __enter__(self) -> WriteCork:
+        if self._writer is not None and "write" not in vars(self._writer):
+            self._write = self._writer.write
+            self._writer.write = self._chunks.append
+        return self
+
+    def flush(self) -> None:
+        """Write what was collected so far."""
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._write(data)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._write is not None:
+            del self._writer.write
+            self.flush()
+            self._write = None
 
 
 async def stop_keep_alive(handler: Any) -> None:

@@ -294,6 +294,8 @@ class ServiceBusQueueReceiver:
                 turn.append(self._ops.get_nowait())
             # Completes and abandons go out as they come; their outcomes are read
             # once, after the turn's other operations (a receive reads them too).
+            # Credit grants only send, so they go out with the first settlements.
+            top_ups = [op for op in turn if op is not None and op.kind == "top_up"]
             unconfirmed: list[_Sent] = []
             batch: list[_Op] = []
             closing = False
@@ -304,15 +306,17 @@ class ServiceBusQueueReceiver:
                             late.future.set_exception(BrokerError("receiver closed"))
                     closing = True
                     break
+                if op.kind == "top_up":
+                    continue
                 if op.kind in PIPELINED:
                     batch.append(op)
                     continue
-                if batch:
-                    unconfirmed += await self._send_settlements(batch)
-                    batch = []
+                if batch or top_ups:
+                    unconfirmed += await self._send_together(batch, top_ups)
+                    batch, top_ups = [], []
                 await self._run(op)
-            if batch:
-                unconfirmed += await self._send_settlements(batch)
+            if batch or top_ups:
+                unconfirmed += await self._send_together(batch, top_ups)
             if unconfirmed:
                 await self._confirm_settlements(unconfirmed)
             if closing:
@@ -358,12 +362,21 @@ class ServiceBusQueueReceiver:
 
     # -- pipelined settlement -------------------------------------------------------------
 
-    async def _send_settlements(self, ops: list[_Op]) -> list[_Sent]:
+    async def _send_together(self, settlements: list[_Op], top_ups: list[_Op]) -> list[_Sent]:
+        """Settlements' dispositions and credit grants, in one socket write."""
+        with sdk_internals.WriteCork(self._receiver) as cork:
+            sent = await self._send_settlements(settlements, cork)
+            for op in top_ups:
+                await self._run(op)
+        return sent
+
+    async def _send_settlements(self, ops: list[_Op], cork: sdk_internals.WriteCork) -> list[_Sent]:
         """Send the completes' and abandons' dispositions without waiting for their
         outcomes; those the link cannot pipeline are settled one by one here."""
         ops = [op for op in ops if not op.future.done()]
         link = DispositionLink.of(self._receiver)
         if link is None:
+            cork.flush()
             for op in ops:
                 await self._run(op)
             return []
@@ -371,7 +384,8 @@ class ServiceBusQueueReceiver:
         for op in ops:
             message: Any = op.message.handle if op.message is not None else None
             if not link.can_settle(message):
-                await self._run(op)  # the SDK's own path raises the right error
+                cork.flush()  # the SDK's own path waits for the service
+                await self._run(op)  # and raises the right error
                 continue
             try:
                 delivery_id = await link.send(message, self._settlement(op))
