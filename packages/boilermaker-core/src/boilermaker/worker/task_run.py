@@ -141,9 +141,12 @@ class TaskRunner:
         self.renewer.track(message, ctx.label, self._renewal_limit(limit))
         if not task.acks_late and not await self._settle_action(ctx, Action.COMPLETE):
             return Outcome(Kind.INTERRUPTED, description="the message was lost before it could run")
+        middleware = self.middleware
         try:
-            skipped = await self._patiently(
-                ctx, "before_task", lambda: self.middleware.before_task(ctx)
+            skipped = (
+                await self._patiently(ctx, "before_task", lambda: middleware.before_task(ctx))
+                if middleware.with_hook("before_task")
+                else None
             )
         except asyncio.CancelledError:
             raise
@@ -153,9 +156,11 @@ class TaskRunner:
             return skipped
         task.record_attempt()
         outcome = await self._run(ctx, task, entry, limit)
+        if not middleware.with_hook("after_task"):
+            return outcome
         try:
             return await self._patiently(
-                ctx, "after_task", lambda: self.middleware.after_task(ctx, outcome)
+                ctx, "after_task", lambda: middleware.after_task(ctx, outcome)
             )
         except asyncio.CancelledError:
             raise
@@ -288,10 +293,12 @@ class TaskRunner:
                 await self._patiently(ctx, stage, lambda: self._retry(ctx))
             elif verdict.status is TaskStatus.Success:
                 stage = "on_success"
-                await self._patiently(ctx, stage, lambda: self.middleware.run("on_success", ctx))
+                if self.middleware.with_hook(stage):
+                    await self._patiently(ctx, stage, lambda: self.middleware.run(stage, ctx))
             elif verdict.failed:
                 stage = "on_failure"
-                await self._patiently(ctx, stage, lambda: self.middleware.run("on_failure", ctx))
+                if self.middleware.with_hook(stage):
+                    await self._patiently(ctx, stage, lambda: self.middleware.run(stage, ctx))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
