@@ -429,3 +429,82 @@ async def test_stopping_waits_for_a_settlement_still_being_confirmed(
     assert worker.stats.succeeded == 1
     assert worker.stats.abandoned == 0
     assert broker.counts() == EMPTY
+
+
+def buffering_receiver(monkeypatch: pytest.MonkeyPatch, takers: list[str]) -> None:
+    """Make the in-memory receiver prefetch: a receive locks up to five messages, hands
+    out one and buffers the rest for ``take_prefetched``, which records who took."""
+    from boilermaker.memory import InMemoryReceiver
+
+    real_receive = InMemoryReceiver.receive
+
+    async def receive(self: Any, max_messages: int, max_wait: float) -> list[Any]:
+        got = await real_receive(self, max(max_messages, 5), max_wait)
+        self.buffered = [*getattr(self, "buffered", []), *got[1:]]
+        return got[:1]
+
+    def take_prefetched(self: Any, max_messages: int) -> list[Any]:
+        buffered = getattr(self, "buffered", [])
+        taken, self.buffered = buffered[:max_messages], buffered[max_messages:]
+        if taken:
+            task = asyncio.current_task()
+            takers.append(task.get_coro().__qualname__ if task is not None else "?")  # type: ignore[union-attr]
+        return taken
+
+    monkeypatch.setattr(InMemoryReceiver, "receive", receive)
+    monkeypatch.setattr(InMemoryReceiver, "take_prefetched", take_prefetched, raising=False)
+
+
+async def test_a_freed_slot_takes_the_next_buffered_message_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The handling task that gives its slot back starts the next buffered message
+    # itself: the receive loop is not woken for it.
+    takers: list[str] = []
+    buffering_receiver(monkeypatch, takers)
+    state: dict[str, Any] = {"running": 0, "peak": 0, "ran": []}
+    app, broker = new_app(state)
+
+    @app.task()
+    async def step(state: dict[str, Any], n: int) -> None:
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        await asyncio.sleep(0.005)
+        state["ran"].append(n)
+        state["running"] -= 1
+
+    for n in range(5):
+        await app.apply_async(step, n)
+    worker = await app.run_until_idle(timeout=10, concurrency=1)
+
+    assert state["ran"] == [0, 1, 2, 3, 4]
+    assert state["peak"] == 1
+    assert takers == ["TaskRunner.handle"] * 4
+    assert worker.stats.succeeded == 5
+    assert broker.counts() == EMPTY
+
+
+async def test_a_stopping_worker_takes_no_more_buffered_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    takers: list[str] = []
+    buffering_receiver(monkeypatch, takers)
+    app, broker = new_app({})
+    ran: list[int] = []
+    holder: dict[str, Worker] = {}
+
+    @app.task()
+    async def step(state: Any, n: int) -> None:
+        ran.append(n)
+        holder["worker"].stop()
+
+    for n in range(3):
+        await app.apply_async(step, n)
+    worker = app.worker(concurrency=1, install_signal_handlers=False)
+    holder["worker"] = worker
+    await asyncio.wait_for(worker.run(), 10)
+
+    assert ran == [0]
+    assert takers == []
+    assert worker.stats.succeeded == 1
+    assert broker.counts().active + broker.counts().locked == 2  # back once their locks lapse

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,8 @@ class Worker:
         # so the next message starts while this one's settlement is on the wire.
         self._holding: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        # While receiving from a buffer: how a freed slot takes the next message.
+        self._refill: tuple[Callable[[int], list[ReceivedMessage]], TaskRunner] | None = None
         self._stopping = asyncio.Event()
         self._force = False
         self._signals = 0
@@ -257,6 +260,21 @@ class Worker:
     ) -> None:
         concurrency = self.settings.concurrency
         take = receiver.take_prefetched if isinstance(receiver, PrefetchBuffer) else None
+        if take is not None:
+            self._refill = (take, runner)
+        try:
+            await self._receive_while_running(receiver, runner, stopping, concurrency, take)
+        finally:
+            self._refill = None
+
+    async def _receive_while_running(
+        self,
+        receiver: Receiver,
+        runner: TaskRunner,
+        stopping: asyncio.Future[Any],
+        concurrency: int,
+        take: Callable[[int], list[ReceivedMessage]] | None,
+    ) -> None:
         backoff = RECEIVE_BACKOFF
         while not self._stopping.is_set():
             free = concurrency - len(self._holding)
@@ -285,9 +303,12 @@ class Worker:
                 continue
             self._start(runner, messages)
 
-    def _start(self, runner: TaskRunner, messages: list[ReceivedMessage]) -> None:
-        """A task per message, each holding a slot until it settles."""
+    def _start(self, runner: TaskRunner, messages: list[ReceivedMessage]) -> int:
+        """A task per message, each holding a slot until it settles; how many started."""
+        if not messages:
+            return 0
         now = datetime.now(UTC)
+        started = 0
         for message in messages:
             if message.locked_until is not None and message.locked_until <= now:
                 self._skip_lapsed(message, now)
@@ -296,14 +317,25 @@ class Worker:
             self._in_flight[task] = message
             self._holding.add(task)
             task.add_done_callback(self._task_done)
+            started += 1
         if len(self._holding) > self.stats.max_in_flight:
             self.stats.max_in_flight = len(self._holding)
+        return started
 
     def _release(self) -> None:
-        """Called by the handling task when only settling its message is left."""
+        """Called by the handling task when only settling its message is left.
+
+        A message already in the receiver's buffer takes the slot at once, without
+        waiting a turn of the event loop for the receive loop to wake.
+        """
         task = asyncio.current_task()
         if task in self._holding:
             self._holding.discard(task)
+            refill = self._refill
+            if refill is not None and not self._stopping.is_set():
+                take, runner = refill
+                if self._start(runner, take(1)):
+                    return
             self._slot_freed.set()
 
     def _skip_lapsed(self, message: ReceivedMessage, now: datetime) -> None:
