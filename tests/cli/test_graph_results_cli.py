@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,6 +23,7 @@ from boilermaker import Boilermaker, RetryPolicy, Task
 from boilermaker.broker import Broker
 from boilermaker.memory import InMemoryBroker
 from boilermaker.service_bus import AzureServiceBus
+from boilermaker.storage.http_connection import PROXY_VARIABLES
 from boilermaker.task import TaskGraphBuilder
 from tests.cli.conftest import Shop, drained, invoke, run_worker_until
 from tests.conftest import unique_container_name
@@ -141,6 +146,90 @@ def test_results_get_shows_results_and_errors(stored_graph: StoredGraph) -> None
     assert 'Result:     "alone done"' in waited.stdout
     assert missing.exit_code == 1
     assert "no result stored for task no-such-task" in missing.output
+
+
+# -- read commands without the Azure SDK ----------------------------------------------------
+
+#: Runs the CLI in a fresh interpreter, then says on stderr which heavy packages it imported.
+CLI_SCRIPT = """
+import sys
+from boilermaker.cli.main import main
+code = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"azure", "aiohttp", "requests"})
+print("IMPORTED", heavy, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_cli_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SERVICE_BUS", "BOILERMAKER")) and k.upper() not in PROXY_VARIABLES
+    }
+    return subprocess.run(
+        [sys.executable, "-c", CLI_SCRIPT, *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_read_commands_with_a_connection_string_do_not_import_the_azure_sdk(
+    stored_graph: StoredGraph, tmp_path: Path
+) -> None:
+    env = {
+        "BOILERMAKER_STORAGE_CONNECTION_STRING": stored_graph.azurite.connection_string,
+        "BOILERMAKER_CONTAINER": stored_graph.container,
+    }
+    graph_id, save = stored_graph.graph_id, stored_graph.ids["save"]
+    runs = {
+        "inspect": (["inspect", "--graph", graph_id], "2 node(s), ended, with failures"),
+        "status": (["graph", "status", graph_id, "--json"], '"failed": true'),
+        "task": (["inspect", "--graph", graph_id, "--task", save, "--json"], save),
+        "visual": (
+            ["inspect", "--graph", graph_id, "--visual", "--output", str(tmp_path / "g.html")],
+            str(tmp_path / "g.html"),
+        ),
+        "result": (["results", "get", stored_graph.standalone_id], "alone done"),
+        "missing": (["inspect", "--graph", "no-such-graph"], ""),
+    }
+    for name, (args, needle) in runs.items():
+        done = run_cli_process(*args, env=env)
+        assert "IMPORTED []" in done.stderr, (name, done.stderr)
+        assert needle in done.stdout, (name, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, name
+    assert (tmp_path / "g.html").stat().st_size > 0
+    missing = run_cli_process("inspect", "--graph", "no-such-graph", env=env)
+    assert missing.returncode == 2
+    assert "graph no-such-graph is not in results container" in missing.stderr
+
+
+def test_read_commands_read_with_the_sdk_given_a_storage_url_or_a_proxy(
+    stored_graph: StoredGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from boilermaker.cli.connection import ResultsOptions
+    from boilermaker.storage import BlobClientStorage
+    from boilermaker.storage.reader import BlobReader
+
+    for variable in PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(variable.lower(), raising=False)
+    by_key = ResultsOptions(stored_graph.azurite.connection_string, None, stored_graph.container)
+    by_url = ResultsOptions(None, "https://acct.blob.core.windows.net", stored_graph.container)
+    chosen = [by_key.reader(), by_url.reader()]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    chosen.append(by_key.reader())
+
+    assert [type(store) for store in chosen] == [BlobReader, BlobClientStorage, BlobClientStorage]
+
+    async def close_all() -> None:
+        for store in chosen:
+            await store.close()
+
+    asyncio.run(close_all())
 
 
 # -- with the emulator ----------------------------------------------------------------------

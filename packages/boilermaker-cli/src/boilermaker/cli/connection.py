@@ -24,11 +24,12 @@ SAS) serves Azurite and local use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -42,6 +43,7 @@ from boilermaker.config import ENVIRONMENT, ConfigError, env_var
 if TYPE_CHECKING:
     from boilermaker.service_bus import AzureServiceBus
     from boilermaker.storage import BlobClientStorage
+    from boilermaker.storage.reader import BlobReader
 
 logger = logging.getLogger("boilermaker.cli")
 
@@ -389,30 +391,70 @@ class ResultsOptions:
         try:
             from boilermaker.storage import BlobClientStorage
         except ImportError as exc:
-            raise click.ClickException(
-                f"the blob results store is not installed ({exc}): pip install boilermaker-results"
-            ) from None
-        container_from = self.container_setting.hint if self.container_setting else "?"
-        logger.debug(
-            "results store: %s (from %s), container %r (from %s)",
-            "a connection string" if self.connection_string else redact(self.storage_url or ""),
-            self._account_hint(),
-            self.container,
-            container_from,
-        )
-        try:
+            raise _not_installed(exc) from None
+        self._log_choice("BlobClientStorage")
+        with self._bad_account():
             if self.connection_string:
                 return BlobClientStorage.from_connection_string(
                     self.connection_string, self.container
                 )
             assert self.storage_url is not None
             return BlobClientStorage(self.storage_url, self.container)
+
+    def reader(self) -> BlobReader | BlobClientStorage:
+        """A results store for commands that only read.
+
+        Given a connection string, the SDK-free
+        :class:`boilermaker.storage.reader.BlobReader`: it reads the blobs
+        over HTTP(S) itself, so the command does not import the Azure SDK
+        (most of a read command's start-up). Given a storage URL (signing in
+        with ``DefaultAzureCredential``), or with an HTTP proxy configured
+        (``HTTPS_PROXY`` and friends, which the reader does not use), the
+        SDK's store from :meth:`store`.
+        """
+        self.check()
+        if not self.connection_string:
+            return self.store()
+        assert self.container is not None
+        try:
+            from boilermaker.storage.http_connection import proxy_configured
+            from boilermaker.storage.reader import BlobReader
+        except ImportError as exc:
+            raise _not_installed(exc) from None
+        if proxy_configured():
+            return self.store()
+        self._log_choice("BlobReader (read-only, without the Azure SDK)")
+        with self._bad_account():
+            return BlobReader.from_connection_string(self.connection_string, self.container)
+
+    def _log_choice(self, kind: str) -> None:
+        container_from = self.container_setting.hint if self.container_setting else "?"
+        logger.debug(
+            "results store: %s (from %s), container %r (from %s), read with %s",
+            "a connection string" if self.connection_string else redact(self.storage_url or ""),
+            self._account_hint(),
+            self.container,
+            container_from,
+            kind,
+        )
+
+    @contextlib.contextmanager
+    def _bad_account(self) -> Iterator[None]:
+        """A ValueError about the account setting becomes a usage error naming it."""
+        try:
+            yield
         except ValueError as exc:
             raise click.BadParameter(
                 redact(str(exc)),
                 ctx=click.get_current_context(silent=True),
                 param_hint=self._account_hint(),
             ) from None
+
+
+def _not_installed(exc: ImportError) -> click.ClickException:
+    return click.ClickException(
+        f"the blob results store is not installed ({exc}): pip install boilermaker-results"
+    )
 
 
 def _first(settings: list[Setting | None]) -> Setting | None:

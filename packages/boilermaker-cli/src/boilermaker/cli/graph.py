@@ -75,11 +75,15 @@ def _not_found(graph_id: str, results: ResultsOptions, exit_code: int) -> Comman
 
 
 def load_view(results: ResultsOptions, graph_id: str, exit_code: int) -> GraphView:
-    """Read graph ``graph_id`` (an error with ``exit_code`` if it is not stored)."""
+    """Read graph ``graph_id`` (an error with ``exit_code`` if it is not stored).
+
+    Reads only, so through :meth:`ResultsOptions.reader` (no Azure SDK to import
+    when a connection string is the setting).
+    """
     results.check()
 
     async def go() -> GraphView | None:
-        store = results.store()
+        store = results.reader()
         try:
             return await read_view(store, graph_id)
         finally:

@@ -41,7 +41,7 @@ def get_command(
     results.check()
 
     async def go() -> tuple[NodeRecord | None, bool]:
-        store = results.store()
+        store = results.reader()  # reads only (waiting included)
         timed_out = False
         try:
             if wait > 0:

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 from boilermaker.config import AZURITE_ENV
+from boilermaker.storage.account import DEVELOPMENT_ACCOUNT_KEY, DEVELOPMENT_ACCOUNT_NAME
 
 
 def find_azurite() -> Path:
@@ -46,10 +47,8 @@ def find_azurite() -> Path:
 AZURITE_BLOB = find_azurite()
 
 #: The well-known development account every Azurite accepts.
-ACCOUNT_NAME = "devstoreaccount1"
-ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+ACCOUNT_NAME = DEVELOPMENT_ACCOUNT_NAME
+ACCOUNT_KEY = DEVELOPMENT_ACCOUNT_KEY
 
 _LISTENING = re.compile(r"listens on http://127\.0\.0\.1:(\d+)")
 

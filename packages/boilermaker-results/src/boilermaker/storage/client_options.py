@@ -8,11 +8,17 @@ gives up after 10 s. Callers can still pass any SDK client keyword.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from azure.storage.blob.aio import ExponentialRetry
+
+# Which variables name a proxy is defined once, beside the SDK-free reader's HTTP client.
+from boilermaker.storage.http_connection import PROXY_VARIABLES, proxy_configured
+
+__all__ = ["DEFAULT_CONNECTION_TIMEOUT", "DEFAULT_RETRY", "client_options", "proxy_configured"]
+
+_PROXY_VARIABLES = PROXY_VARIABLES
 
 #: Retry settings: a few quick retries, so an outage surfaces in seconds, not minutes
 #: (the SDK's own default waits 15 s, then 18 s, then 24 s).
@@ -36,14 +42,6 @@ _RETRY_OPTIONS = frozenset(
 )
 #: Seconds to wait for a TCP connection (the SDK's default is 20).
 DEFAULT_CONNECTION_TIMEOUT = 10
-
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment names an HTTP proxy (``HTTPS_PROXY`` and friends)."""
-    env = os.environ if environ is None else environ
-    return any(env.get(v) or env.get(v.lower()) for v in _PROXY_VARIABLES)
 
 
 def client_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ on them. Everything else that stops the store from working at all (the
 account cannot be reached, the container is missing, access is denied)
 becomes a :class:`BlobStorageError` whose message names the account, the
 container and the cause, so the fix is obvious from the log line.
+
+The exception classes, :class:`StorageLocation` and the wording live in
+:mod:`boilermaker.storage.failures` (which imports no Azure SDK, for the
+SDK-free reader); they are importable from here as before.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from azure.core.exceptions import (
     AzureError,
@@ -20,44 +22,30 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from boilermaker.redact import redact_url
-from boilermaker.results_store import ResultsStoreError
+from boilermaker.storage.failures import (
+    BlobStorageError,
+    ContainerNotFound,
+    StorageAccessDenied,
+    StorageLocation,
+    StorageUnreachable,
+    container_missing,
+    failed,
+    refusal,
+    unreachable,
+)
 
-
-class BlobStorageError(ResultsStoreError):
-    """The blob results store could not do its work; the message says where and why."""
-
-
-class StorageUnreachable(BlobStorageError):
-    """The storage account's endpoint could not be reached (DNS, refused, timed out)."""
-
-
-class ContainerNotFound(BlobStorageError):
-    """The results container does not exist (create it, or pass ``create_container=True``)."""
-
-
-class StorageAccessDenied(BlobStorageError):
-    """The credentials were refused, or they lack permission for the operation."""
-
-
-@dataclass(frozen=True, slots=True)
-class StorageLocation:
-    """Where a store points: used to name the account and container in errors."""
-
-    account_name: str
-    container_name: str
-    url: str
-
-    def __post_init__(self) -> None:
-        # A SAS URL's query string is its signature: never kept for showing.
-        object.__setattr__(self, "url", redact_url(self.url))
-
-    def describe(self) -> str:
-        """``container 'c' in storage account 'a' (url)``."""
-        return (
-            f"container {self.container_name!r} in storage account "
-            f"{self.account_name!r} ({self.url})"
-        )
+__all__ = [
+    "BlobStorageError",
+    "ContainerNotFound",
+    "StorageAccessDenied",
+    "StorageLocation",
+    "StorageUnreachable",
+    "container_missing",
+    "error_code",
+    "status_code",
+    "storage_failure",
+    "unexpected",
+]
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -89,23 +77,6 @@ def _cause(exc: BaseException) -> str:
     return f"{' '.join(parts)}: {first}"
 
 
-_DENIED_CODES = frozenset(
-    {
-        "AuthenticationFailed",
-        "AuthorizationFailure",
-        "AuthorizationPermissionMismatch",
-        "AuthorizationSourceIPMismatch",
-        "AuthorizationProtocolMismatch",
-        "AuthorizationResourceTypeMismatch",
-        "AuthorizationServiceMismatch",
-        "InsufficientAccountPermissions",
-        "InvalidAuthenticationInfo",
-        "NoAuthenticationInformation",
-        "KeyBasedAuthenticationNotPermitted",
-    }
-)
-
-
 def storage_failure(
     exc: BaseException, location: StorageLocation, operation: str
 ) -> BlobStorageError | None:
@@ -113,39 +84,19 @@ def storage_failure(
 
     ``operation`` names what was being done (``read task-results/g/t.json``).
     """
-    where = location.describe()
     cause = _cause(exc)
-    code = error_code(exc)
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return StorageUnreachable(
-            f"cannot reach storage account {location.account_name!r} at {location.url} "
-            f"(container {location.container_name!r}) to {operation}: {cause}"
-        )
-    if isinstance(exc, ClientAuthenticationError) or code in _DENIED_CODES:
-        return StorageAccessDenied(
-            f"access denied to {where} for {operation}: {cause}; check the account key, "
-            "the credential, or its role assignment (e.g. Storage Blob Data Contributor)"
-        )
-    status = status_code(exc)
-    if status in (401, 403):
-        return StorageAccessDenied(f"access denied to {where} for {operation}: {cause}")
-    if code == "ContainerNotFound":
-        return container_missing(location, operation)
-    if code == "ContainerBeingDeleted":
-        return ContainerNotFound(f"{where} is being deleted ({operation}): {cause}")
-    return None
-
-
-def container_missing(location: StorageLocation, operation: str) -> ContainerNotFound:
-    """The error for an operation that found no container."""
-    return ContainerNotFound(
-        f"{location.describe()} does not exist ({operation}): create it, or construct the "
-        "store with create_container=True"
+        return unreachable(location, operation, cause)
+    return refusal(
+        location,
+        operation,
+        cause,
+        status=status_code(exc),
+        code=error_code(exc),
+        authentication_failed=isinstance(exc, ClientAuthenticationError),
     )
 
 
 def unexpected(exc: AzureError, location: StorageLocation, operation: str) -> BlobStorageError:
     """A store error for an SDK error nothing else explains."""
-    return storage_failure(exc, location, operation) or BlobStorageError(
-        f"{operation} failed on {location.describe()}: {_cause(exc)}"
-    )
+    return storage_failure(exc, location, operation) or failed(location, operation, _cause(exc))
