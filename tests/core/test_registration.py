@@ -340,3 +340,33 @@ async def test_tasks_receive_the_state_object() -> None:
     await app.apply_async(record, "one")
     await app.run_until_idle(timeout=10)
     assert state["seen"] == ["one"]
+
+
+async def _two(state: Any, x: Any, y: Any = 1) -> None: ...
+async def _rest(state: Any, *rest: Any) -> None: ...
+async def _keyword_only(state: Any, x: Any, *, k: Any) -> None: ...
+async def _mixed(state: Any, /, x: Any, y: Any = 2, *args: Any, z: Any = 3, **kw: Any) -> None: ...
+async def _defaults(state: Any, x: Any = 1, /, y: Any = 2) -> None: ...
+
+
+@pytest.mark.parametrize("fn", [_two, _rest, _keyword_only, _mixed, _defaults])
+@pytest.mark.parametrize("count", range(5))
+def test_a_positional_call_is_accepted_exactly_when_it_binds(
+    fn: Callable[..., Awaitable[None]], count: int
+) -> None:
+    # Calls without keywords are checked by counting, not binding: the same verdict.
+    import inspect
+
+    app = Boilermaker(None, InMemoryBroker())
+    app.register_async(fn)
+    args = tuple(range(count))
+    try:
+        inspect.signature(fn).bind(None, *args)
+        binds = True
+    except TypeError:
+        binds = False
+    if binds:
+        app.create_task(fn, *args)
+    else:
+        with pytest.raises(TypeError, match="cannot be called"):
+            app.create_task(fn, *args)

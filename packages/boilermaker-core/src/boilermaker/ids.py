@@ -55,18 +55,19 @@ def uuid7() -> uuid.UUID:
     the same process strictly increasing.
     """
     global _last_ms, _counter
+    random = os.urandom(10)  # one system call: 2 bytes to seed the counter, 8 for rand_b
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            _counter = int.from_bytes(random[8:], "big") & 0x7FF
         else:
             _counter += 1
             if _counter > 0xFFF:
                 _last_ms += 1
                 _counter = 0
             ms = _last_ms
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = int.from_bytes(random[:8], "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
     value |= (_counter & 0xFFF) << 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from boilermaker.exceptions import RegistrationError, UnknownTaskError
@@ -31,17 +31,46 @@ class RegisteredFunction:
     acks_late: bool
     signature: inspect.Signature | None
     timeout: float | None = None
+    #: How many positional arguments (state included) bind, when that alone decides:
+    #: (fewest, most); None when keyword-only parameters need a full check.
+    positional: tuple[int, float] | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positional", _positional_range(self.signature))
 
     def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise TypeError if ``fn(state, *args, **kwargs)`` would not bind."""
         if self.signature is None:
             return
+        if not kwargs and self.positional is not None:
+            fewest, most = self.positional
+            if fewest <= len(args) + 1 <= most:
+                return  # binds: the usual call, checked without building a binding
         try:
             self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise TypeError(
                 f"task {self.name!r} cannot be called with these arguments: {exc}"
             ) from None
+
+
+def _positional_range(signature: inspect.Signature | None) -> tuple[int, float] | None:
+    """(fewest, most) positional arguments ``signature`` binds, or None if a call
+    without keywords could still fail on a required keyword-only parameter."""
+    if signature is None:
+        return None
+    fewest, most = 0, 0.0
+    for parameter in signature.parameters.values():
+        kind = parameter.kind
+        if kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if parameter.default is parameter.empty:
+                fewest = int(most)
+        elif kind is parameter.VAR_POSITIONAL:
+            most = float("inf")
+        elif kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return None
+    return fewest, most
 
 
 class Registry:
