@@ -30,7 +30,6 @@ import asyncio
 import inspect
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from azure.core import MatchConditions
@@ -60,6 +59,7 @@ from boilermaker.storage.errors import (
     status_code,
     unexpected,
 )
+from boilermaker.storage.handle import ContainerHandle
 from boilermaker.storage.tags import (
     can_match,
     check_tags,
@@ -101,7 +101,7 @@ _LEASE_HELD_CODES = frozenset(
 _NO_LEASE_CODE = "LeaseNotPresentWithLeaseOperation"
 
 
-class BlobClientStorage(StorageInterface):
+class BlobClientStorage(ContainerHandle, StorageInterface):
     """Task results and graph state in one Azure Blob Storage container.
 
     ``BlobClientStorage(az_storage_url, container_name, credentials=None)``
@@ -229,16 +229,6 @@ class BlobClientStorage(StorageInterface):
         """The one SDK client every operation goes through."""
         return self._container
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed
-
-    @property
-    def container_name(self) -> str:
-        """The results container."""
-        return self.location.container_name
-
     async def ensure_container(self) -> None:
         """Create the container if it does not exist (idempotent; safe to race)."""
         self._check_open()
@@ -258,10 +248,6 @@ class BlobClientStorage(StorageInterface):
         if not self._container_ready:
             await self.ensure_container()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ResultsStoreError(f"the results store for {self.location.describe()} is closed")
-
     async def close(self) -> None:
         """Close the HTTP client (and the default credential, if the store made it)."""
         if self._closed:
@@ -275,24 +261,6 @@ class BlobClientStorage(StorageInterface):
     async def __aenter__(self) -> Self:
         await self._ready()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(account={self.location.account_name!r}, "
-            f"container={self.container_name!r})"
-        )
-
-    def total_operations(self) -> int:
-        """Every request counted so far."""
-        return sum(self.operations.values())
 
     def _blob(self, name: str) -> BlobClient:
         # Shares the container client's transport: no new HTTP session per blob.

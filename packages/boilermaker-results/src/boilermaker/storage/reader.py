@@ -47,12 +47,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from email.utils import formatdate, parsedate_to_datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote, unquote, urlsplit
 
 from boilermaker.redact import redact
-from boilermaker.results_store import ResultsStoreError, StoredBlob
+from boilermaker.results_store import StoredBlob
 from boilermaker.storage.account import BlobAccount
 from boilermaker.storage.failures import (
     BlobStorageError,
@@ -61,6 +60,7 @@ from boilermaker.storage.failures import (
     refusal,
     unreachable,
 )
+from boilermaker.storage.handle import ContainerHandle
 from boilermaker.storage.http_connection import (
     HttpConnectionError,
     HttpConnections,
@@ -86,7 +86,7 @@ class ReadOnlyStoreError(BlobStorageError):
     """A write, lease or delete was asked of a :class:`BlobReader`, which only reads."""
 
 
-class BlobReader:
+class BlobReader(ContainerHandle):
     """Read task results and graph state from one blob container, without the Azure SDK.
 
     ``BlobReader.from_connection_string(connection_string, container_name)``
@@ -158,16 +158,6 @@ class BlobReader:
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
-    def container_name(self) -> str:
-        """The results container."""
-        return self.location.container_name
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed
-
-    @property
     def connections_opened(self) -> int:
         """How many connections have been made so far (kept alive and reused)."""
         return self._connections.opened
@@ -181,24 +171,6 @@ class BlobReader:
 
     async def __aenter__(self) -> Self:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(account={self.location.account_name!r}, "
-            f"container={self.container_name!r})"
-        )
-
-    def total_operations(self) -> int:
-        """Every request counted so far."""
-        return sum(self.operations.values())
 
     # -- reading --------------------------------------------------------------------------
 
@@ -336,10 +308,6 @@ class BlobReader:
             # A URL path would climb out of the container on them.
             raise ValueError(f"blob name {name!r} has a '.' or '..' segment")
         return f"{self._container_path}/{quote(name, safe='~/')}"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ResultsStoreError(f"the results store for {self.location.describe()} is closed")
 
     async def _get(self, path: str, query: list[tuple[str, str]], operation: str) -> HttpResponse:
         """GET ``path?query``, signed, tried up to ``attempts`` times; the last response."""
