@@ -10,14 +10,15 @@ Tests marked ``live`` talk to a real namespace and are skipped unless
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from boilermaker.emulator import ServiceBusEmulator
+from boilermaker.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.servicebus_publisher import ServiceBusPublisher
 
@@ -132,3 +133,22 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def proton_sender(port: int, queue: str) -> Iterator[Any]:
+    """A proton (not the SDK) sender on the emulator's ``queue``: another AMQP client's
+    messages. Blocking: use it from a thread in async tests."""
+    from proton.utils import BlockingConnection
+
+    connection = BlockingConnection(
+        f"amqp://127.0.0.1:{port}",
+        user=DEFAULT_KEY_NAME,
+        password=DEFAULT_KEY,
+        allowed_mechs="PLAIN",
+        allow_insecure_mechs=True,
+    )
+    try:
+        yield connection.create_sender(queue)
+    finally:
+        connection.close()

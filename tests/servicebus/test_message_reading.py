@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from proton import Message
-from proton.utils import BlockingConnection
 
-from boilermaker.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, ServiceBusEmulator
+from boilermaker.emulator import ServiceBusEmulator
 from boilermaker.service_bus.messages import _careful, _plain, from_sdk
+from tests.servicebus.conftest import proton_sender
 
 #: Sent with the SDK: the one-pass reading takes every one of them.
 SDK_MESSAGES = [
@@ -40,15 +40,7 @@ SDK_MESSAGES = [
 
 
 def send_with_proton(port: int, queue: str) -> None:
-    connection = BlockingConnection(
-        f"amqp://127.0.0.1:{port}",
-        user=DEFAULT_KEY_NAME,
-        password=DEFAULT_KEY,
-        allowed_mechs="PLAIN",
-        allow_insecure_mechs=True,
-    )
-    try:
-        sender = connection.create_sender(queue)
+    with proton_sender(port, queue) as sender:
         for message in (
             Message(body=b"{}", id=uuid.UUID("12345678-1234-5678-1234-567812345678")),
             Message(body=b"{}", id=42),
@@ -58,8 +50,6 @@ def send_with_proton(port: int, queue: str) -> None:
             message.inferred = True  # binary as a data section, as the SDK sends it
             sender.send(message)
         sender.send(Message(body=b"{}", id="value-body"))  # binary as an AMQP value
-    finally:
-        connection.close()
 
 
 async def receive_all(receiver: ServiceBusReceiver, n: int) -> list[ServiceBusReceivedMessage]:

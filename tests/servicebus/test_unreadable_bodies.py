@@ -16,15 +16,15 @@ from collections.abc import Callable
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.amqp import AmqpAnnotatedMessage
 from proton import Message
-from proton.utils import BlockingConnection
 
 from boilermaker import Boilermaker
 from boilermaker.broker import SubQueue
-from boilermaker.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, ServiceBusEmulator
+from boilermaker.emulator import ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus
 from boilermaker.worker.middleware import MessageContext, Middleware
 from boilermaker.worker.verdict import Action
 from tests.contracts.broker_contract import receive_n
+from tests.servicebus.conftest import proton_sender
 
 #: What the worker says about each body sent below, by message id.
 EXPECTED = {
@@ -56,22 +56,12 @@ async def send_with_the_sdk(connection_string: str, queue: str) -> None:
 
 
 def send_with_proton(port: int, queue: str) -> None:
-    connection = BlockingConnection(
-        f"amqp://127.0.0.1:{port}",
-        user=DEFAULT_KEY_NAME,
-        password=DEFAULT_KEY,
-        allowed_mechs="PLAIN",
-        allow_insecure_mechs=True,
-    )
-    try:
-        sender = connection.create_sender(queue)
+    with proton_sender(port, queue) as sender:
         sender.send(Message(body=42, id="proton-value-int"))
         sender.send(Message(body=[7, 8], id="proton-value-list"))
         sequence = Message(body=[1, "two", 3.5], id="proton-sequence")
         sequence.inferred = True  # a list body as one amqp-sequence section
         sender.send(sequence)
-    finally:
-        connection.close()
 
 
 class DeliveryCounts(Middleware):

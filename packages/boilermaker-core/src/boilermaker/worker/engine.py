@@ -250,9 +250,13 @@ class Worker:
     async def _receive_loop(self, receiver: Receiver, runner: TaskRunner) -> None:
         # One waiter for the whole run, raced against each receive.
         stopping = asyncio.ensure_future(self._stopping.wait())
+        if isinstance(receiver, PrefetchBuffer):
+            # While receiving, a freed slot takes the next buffered message itself.
+            self._refill = (receiver.take_prefetched, runner)
         try:
             await self._receive_until_stopped(receiver, runner, stopping)
         finally:
+            self._refill = None
             stopping.cancel()
 
     async def _receive_until_stopped(
@@ -260,21 +264,6 @@ class Worker:
     ) -> None:
         concurrency = self.settings.concurrency
         take = receiver.take_prefetched if isinstance(receiver, PrefetchBuffer) else None
-        if take is not None:
-            self._refill = (take, runner)
-        try:
-            await self._receive_while_running(receiver, runner, stopping, concurrency, take)
-        finally:
-            self._refill = None
-
-    async def _receive_while_running(
-        self,
-        receiver: Receiver,
-        runner: TaskRunner,
-        stopping: asyncio.Future[Any],
-        concurrency: int,
-        take: Callable[[int], list[ReceivedMessage]] | None,
-    ) -> None:
         backoff = RECEIVE_BACKOFF
         while not self._stopping.is_set():
             free = concurrency - len(self._holding)
