@@ -52,6 +52,7 @@ from boilermaker.worker.middleware.stats import StatsMiddleware
 from boilermaker.worker.middleware.tracing import TracingMiddleware
 from boilermaker.worker.settings import WorkerSettings, WorkerStats
 from boilermaker.worker.task_run import TaskRunner
+from boilermaker.worker.timers import precise_timers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -151,33 +152,36 @@ class Worker:
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         try:
-            async with self.broker.receiver(prefetch=self.settings.effective_prefetch) as receiver:
-                renewer = LockRenewer(receiver, self.settings, self.stats)
-                runner = TaskRunner(
-                    receiver=receiver,
-                    renewer=renewer,
-                    registry=self.registry,
-                    publisher=self.publisher,
-                    middleware=self.middleware,
-                    settings=self.settings,
-                    stats=self.stats,
-                    state=self.state,
-                    is_control=self._is_control,
-                )
-                renewer.start()
-                await self._notify_middleware("on_worker_start")
-                try:
-                    await self._receive_loop(receiver, runner)
-                except asyncio.CancelledError:
-                    # Cancelling run() means stop now: no grace period; what is
-                    # still running is cancelled and its messages abandoned.
-                    self._force = True
-                    self._stopping.set()
-                    raise
-                finally:
-                    await self._drain_in_flight()
-                    await renewer.stop()
-                    await self._notify_middleware("on_worker_stop")
+            with precise_timers(loop, self.settings.precise_timers):
+                async with self.broker.receiver(
+                    prefetch=self.settings.effective_prefetch
+                ) as receiver:
+                    renewer = LockRenewer(receiver, self.settings, self.stats)
+                    runner = TaskRunner(
+                        receiver=receiver,
+                        renewer=renewer,
+                        registry=self.registry,
+                        publisher=self.publisher,
+                        middleware=self.middleware,
+                        settings=self.settings,
+                        stats=self.stats,
+                        state=self.state,
+                        is_control=self._is_control,
+                    )
+                    renewer.start()
+                    await self._notify_middleware("on_worker_start")
+                    try:
+                        await self._receive_loop(receiver, runner)
+                    except asyncio.CancelledError:
+                        # Cancelling run() means stop now: no grace period; what is
+                        # still running is cancelled and its messages abandoned.
+                        self._force = True
+                        self._stopping.set()
+                        raise
+                    finally:
+                        await self._drain_in_flight()
+                        await renewer.stop()
+                        await self._notify_middleware("on_worker_stop")
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)

@@ -27,6 +27,10 @@ class WorkerSettings:
     - ``bookkeeping_patience``: how long the worker keeps retrying its own
       bookkeeping (claims, results, follow-ups) while the store or broker is
       unreachable, before it gives the message back.
+    - ``precise_timers``: while the worker runs, the event loop wakes for its
+      timers to the microsecond rather than rounding each wait up to the next
+      millisecond (stock Linux epoll loops only; see
+      :mod:`boilermaker.worker.timers`).
     """
 
     concurrency: int = 16
@@ -40,6 +44,7 @@ class WorkerSettings:
     task_timeout: float | None = None
     time_limit_margin: float = 5.0
     bookkeeping_patience: float = 60.0
+    precise_timers: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
