@@ -280,11 +280,18 @@ def our_app(conn: str, queue: str, state: RunState) -> Boilermaker:
 
 
 async def run_our_worker(
-    conn: str, queue: str, state: RunState, concurrency: int, timeout: float = 600
+    conn: str,
+    queue: str,
+    state: RunState,
+    concurrency: int,
+    timeout: float = 600,
+    **settings: Any,
 ) -> tuple[float, float, dict[str, Any]]:
-    """Run a worker until ``state.n`` tasks ran and settled; (seconds, cpu, worker stats)."""
+    """Run a worker until ``state.n`` tasks ran and settled; (seconds, cpu, worker stats).
+
+    ``settings`` are further ``WorkerSettings`` fields."""
     app = our_app(conn, queue, state)
-    worker = app.worker(concurrency=concurrency, install_signal_handlers=False)
+    worker = app.worker(concurrency=concurrency, install_signal_handlers=False, **settings)
     runner = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(state.all_ran.wait(), timeout)
@@ -309,13 +316,20 @@ async def publish_for_ours(conn: str, queue: str, fn: str, n: int) -> None:
 
 
 async def our_worker_row(
-    emu: ServiceBusEmulator, queue: str, workload: str, n: int, concurrency: int
+    emu: ServiceBusEmulator,
+    queue: str,
+    workload: str,
+    n: int,
+    concurrency: int,
+    **settings: Any,
 ) -> Row:
     fn = "noop" if workload == "no-op" else "nap"
     await publish_for_ours(emu.connection_string, queue, fn, n)
     state = RunState(n)
     state.emu_pid = emu.pid
-    seconds, cpu, stats = await run_our_worker(emu.connection_string, queue, state, concurrency)
+    seconds, cpu, stats = await run_our_worker(
+        emu.connection_string, queue, state, concurrency, **settings
+    )
     emu_cpu = cpu_seconds(emu.pid) - state.emu_cpu0
     return Row("receive", workload, "ours", concurrency, n, seconds, cpu, emu_cpu, stats)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from boilermaker import Boilermaker
@@ -16,6 +18,7 @@ from boilermaker.broker import OutgoingMessage, ReceivedMessage
 from boilermaker.config import Config
 from boilermaker.emulator import QueueCounts, ServiceBusEmulator
 from boilermaker.service_bus import AzureServiceBus, ServiceBusQueueReceiver
+from boilermaker.service_bus import receiver as receiver_module
 from tests.contracts.broker_contract import receive_n
 from tests.servicebus.conftest import until
 
@@ -254,3 +257,39 @@ async def test_a_receiver_hands_out_what_arrives_between_receives_and_grants_cre
     assert servicebus_emulator.counts(queue) == QueueCounts(
         active=0, scheduled=0, locked=0, deferred=0, dead_lettered=0
     )
+
+
+async def test_a_settlement_queued_during_a_wait_for_messages_is_not_held_back_by_it(
+    new_queue: Callable[..., str],
+    make_broker: Callable[..., AzureServiceBus],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On an empty queue the driver waits for messages in slices; with a slice as
+    # long as the whole receive, a complete queued meanwhile would wait all of it.
+    # It ends the wait instead, goes out, and the receive waits on.
+    monkeypatch.setattr(receiver_module, "RECEIVE_SLICE", 60.0)
+    queue = new_queue(lock_duration=30)
+    broker = make_broker(queue)
+    await broker.send([OutgoingMessage(b"{}", f"m{i}") for i in range(2)])
+    async with broker.receiver(prefetch=4) as receiver:
+        first, second = await receive_n(receiver, 2)
+        waiting = asyncio.create_task(receiver.receive(1, 60))
+        await asyncio.sleep(0.2)  # the driver is now waiting on the empty link
+        assert not waiting.done()
+        await asyncio.wait_for(receiver.complete(first), 10)
+        assert not waiting.done()
+        # A complete and a receive queued in one turn: the outcome is read before
+        # the receive starts waiting, not after it.
+        completing = asyncio.create_task(receiver.complete(second))
+        waiting_again = asyncio.create_task(receiver.receive(1, 60))
+        await asyncio.wait_for(completing, 10)
+        assert not waiting_again.done()
+        # A message that arrives ends the wait, as before.
+        await broker.send([OutgoingMessage(b"{}", "late")])
+        (late,) = await asyncio.wait_for(waiting_again, 10)
+        assert late.message_id == "late"
+        await receiver.complete(late)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    assert receiver.counters.settlements == 3

@@ -74,6 +74,7 @@ PRIVATE_ATTRIBUTES = [
     "_delivery_tag",
     "_lock_expired",
     "receive_frame",
+    "do_work_async",
 ]
 
 #: Our source trees that talk to the SDK.
@@ -348,6 +349,38 @@ async def test_frames_are_read_in_the_task_that_listens(
         assert sorted(str(m) for m in got) == ["m0", "m1", "m2"]
         for message in got:
             await receiver.complete_message(message)
+
+
+async def test_a_frame_read_can_be_ended_early_and_the_link_reads_on(
+    client: ServiceBusClient, new_queue: Callable[..., str]
+) -> None:
+    queue = new_queue()
+    receiver = client.get_queue_receiver(queue, prefetch_count=4)
+    assert sdk_internals.read_handshake_back_to_back(receiver)
+    async with receiver:
+        transport = attribute(receiver, "_handler._connection._transport")
+        assert inspect.iscoroutinefunction(attribute(receiver, "_handler.do_work_async"))
+        assert sdk_internals.read_frames_inline(receiver._handler)
+        # A read with no time limit, on a quiet link, ends when cut short, as a
+        # timed-out read ends.
+        reading = asyncio.create_task(transport.receive_frame(timeout=None))
+        await asyncio.sleep(0.1)
+        assert not reading.done()
+        assert sdk_internals.cut_reads_short(receiver)
+        assert await asyncio.wait_for(reading, 10) == (None, None)
+        assert sdk_internals.cut_reads_short(receiver)  # nothing under way: no effect
+        # Steps of the SDK's receive loop fill the buffer; nothing was lost.
+        await send(client, queue, 3)
+        deadline = time.monotonic() + 10
+        while sdk_internals.prefetched_count(receiver) < 3:
+            assert time.monotonic() < deadline, "the link did not deliver 3 messages"
+            assert await sdk_internals.pump_once(receiver)
+        got = sdk_internals.take_prefetched(receiver, 3)
+        assert sorted(str(m) for m in got) == ["m0", "m1", "m2"]
+        for message in got:
+            await receiver.complete_message(message)
+    assert not sdk_internals.cut_reads_short(object())
+    assert not await sdk_internals.pump_once(object())
 
 
 async def test_pipelined_completes_and_abandons_are_confirmed_by_the_service(

@@ -59,6 +59,14 @@ Reading frames (both)
       timer and two extra event-loop turns per frame. Without them: the SDK's
       own reads.
 
+  ``_handler.do_work_async()``
+      One step of the SDK's own receive loop (grant credit if none is left, read
+      and handle a frame), so the receiver's driver can wait for a message in
+      steps it can end early when a settlement is queued
+      (:func:`cut_reads_short` ends the read under way as its timeout would).
+      Without it: the wait is the SDK's ``receive_messages``, which cannot be
+      ended early.
+
   ``_handler._connection._transport.writer``
       The connection's stream writer: the frames of several dispositions and a
       credit grant are joined into one socket write (:class:`WriteCork`).
@@ -432,17 +440,58 @@ def read_frames_inline(amqp: Any) -> bool:
     if getattr(transport.receive_frame, "_inline", False):
         return True
 
+    reading: set[asyncio.Timeout] = set()
+
     async def receive_frame(timeout: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
         try:
-            async with asyncio.timeout(timeout):
-                header, channel, payload = await read(**kwargs)
+            async with asyncio.timeout(timeout) as waiting:
+                reading.add(waiting)
+                try:
+                    header, channel, payload = await read(**kwargs)
+                finally:
+                    reading.discard(waiting)
             return channel, decode_frame(payload) if payload else decode_empty_frame(header)
         except (TimeoutError, asyncio.IncompleteReadError):
             return None, None
 
+    def cut_short() -> None:
+        now = asyncio.get_running_loop().time()
+        for waiting in list(reading):
+            with contextlib.suppress(RuntimeError):  # already expiring
+                if not waiting.expired():
+                    waiting.reschedule(now)
+
     receive_frame._inline = True  # type: ignore[attr-defined]
+    receive_frame._cut_short = cut_short  # type: ignore[attr-defined]
     transport.receive_frame = receive_frame
     return True
+
+
+def cut_reads_short(handler: Any) -> bool:
+    """End the frame reads now waiting on the connection of ``handler`` (an SDK sender
+    or receiver) as if their time were up; False if its frames are not read inline.
+
+    A read so ended is the SDK's own read timing out: it keeps what it had read of
+    a frame, and its caller gets no frame, as after any quiet socket timeout.
+    """
+    connection = getattr(getattr(handler, "_handler", None), "_connection", None)
+    receive_frame = getattr(getattr(connection, "_transport", None), "receive_frame", None)
+    cut_short = getattr(receive_frame, "_cut_short", None)
+    if cut_short is None:
+        return False
+    cut_short()
+    return True
+
+
+async def pump_once(handler: Any) -> bool:
+    """One turn of the SDK receiver ``handler``'s AMQP client: read and handle at most
+    one frame, waiting up to its socket timeout (what each step of the SDK's receive
+    does); False once the client has shut down or there is no such client."""
+    amqp: Any = getattr(handler, "_handler", None)
+    work = getattr(amqp, "do_work_async", None)
+    if work is None:
+        return False
+    return bool(await work())
 
 
 class WriteCork:

@@ -5,7 +5,9 @@ socket reads and serialise badly (20 concurrent completes ran ~20x slower
 than the same completes one after another). The worker engine settles from
 many coroutines at once, so every operation here is queued and one driver
 coroutine performs them in order on the link. Receives are done in short
-slices, so settlements queued meanwhile never wait long; messages already
+slices, and an operation queued while the driver waits on an empty link ends
+the wait (the frame read under way ends as its timeout would), so
+settlements queued meanwhile go out at once; messages already
 prefetched are handed out without waiting at all, and a worker takes them
 straight from the buffer (:meth:`ServiceBusQueueReceiver.take_prefetched`),
 without queueing behind the driver; the driver then grants the link credit for
@@ -126,6 +128,8 @@ class ServiceBusQueueReceiver:
         self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._driver: asyncio.Task[None] | None = None
         self._top_up_queued = False
+        #: True while the driver waits for a message in steps it can end early.
+        self._waiting = False
         self.counters = _Counters()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -188,7 +192,7 @@ class ServiceBusQueueReceiver:
     async def close(self) -> None:
         """Finish queued operations, then close the link and the client."""
         if self._driver is not None:
-            await self._ops.put(None)
+            self._queue(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
             self._driver = None
@@ -249,7 +253,7 @@ class ServiceBusQueueReceiver:
         """Messages were taken from the buffer: the driver grants credit for them ahead."""
         if self.prefetch and not self._top_up_queued:
             self._top_up_queued = True
-            self._ops.put_nowait(self._op("top_up"))
+            self._queue(self._op("top_up"))
 
     async def complete(self, message: ReceivedMessage) -> None:
         """Complete (remove) the message."""
@@ -284,8 +288,14 @@ class ServiceBusQueueReceiver:
     async def _submit(self, op: _Op) -> Any:
         if self._driver is None or self._driver.done():
             raise BrokerError(f"receiver on {self.queue_name} is not open")
-        await self._ops.put(op)
+        self._queue(op)
         return await op.future
+
+    def _queue(self, op: _Op | None) -> None:
+        """Queue an operation for the driver; a wait for messages ends to let it go."""
+        self._ops.put_nowait(op)
+        if self._waiting and self._receiver is not None:
+            sdk_internals.cut_reads_short(self._receiver)
 
     async def _drive(self) -> None:
         while True:
@@ -314,6 +324,11 @@ class ServiceBusQueueReceiver:
                 if batch or top_ups:
                     unconfirmed += await self._send_together(batch, top_ups)
                     batch, top_ups = [], []
+                if unconfirmed and op.kind == "receive" and not self._buffered():
+                    # The receive would wait: read the outcomes first, so the
+                    # settlements are not held until its wait ends.
+                    await self._confirm_settlements(unconfirmed)
+                    unconfirmed = []
                 await self._run(op)
             if batch or top_ups:
                 unconfirmed += await self._send_together(batch, top_ups)
@@ -457,9 +472,13 @@ class ServiceBusQueueReceiver:
             # for a further socket timeout in case others follow, which delays
             # every hop of a chain by that much; what follows lands in the
             # buffer and is taken by the next call at once.
-            count = 1 if self.prefetch else op.max_messages
             wait = max(0.001, min(RECEIVE_SLICE, remaining))
-            got = await self._receiver.receive_messages(max_message_count=count, max_wait_time=wait)
+            if self.prefetch:
+                got = await self._await_prefetched(op.max_messages, wait)
+            else:
+                got = await self._receiver.receive_messages(
+                    max_message_count=op.max_messages, max_wait_time=wait
+                )
             self.counters.receives += 1
         if op.future.done():
             # The caller gave up (worker stopping): hand these straight back.
@@ -468,11 +487,45 @@ class ServiceBusQueueReceiver:
                     with contextlib.suppress(*SDK_ERRORS):
                         await self._receiver.abandon_message(message)
             return
-        if got or remaining <= RECEIVE_SLICE:
+        if got or time.monotonic() >= op.deadline:
             op.future.set_result([from_sdk(m) for m in got])
             return
         # Nothing yet: let queued settlements go first, then keep waiting.
-        await self._ops.put(op)
+        self._ops.put_nowait(op)
+
+    def _buffered(self) -> int:
+        return sdk_internals.prefetched_count(self._receiver) if self._receiver else 0
+
+    async def _await_prefetched(self, max_messages: int, wait: float) -> list[Any]:
+        """Read frames until a message is prefetched, an operation is queued (which
+        ends the read under way) or ``wait`` seconds passed; the SDK messages.
+
+        Each step is one step of the SDK's own receive loop. Any error goes to
+        the SDK's ``receive_messages``, which reports it and reconnects as usual.
+        """
+        receiver = self._receiver
+        assert receiver is not None
+        deadline = time.monotonic() + wait
+        self._waiting = True
+        try:
+            while self._ops.empty():
+                if time.monotonic() >= deadline:
+                    return []
+                if not await sdk_internals.pump_once(receiver):
+                    break  # no such step, or the SDK client shut down
+                got = sdk_internals.take_prefetched(receiver, max_messages)
+                if got:
+                    self._ask_credit()
+                    return got
+            else:
+                return []  # an operation was queued: it goes first
+        except TRANSPORT_ERRORS as exc:
+            logger.debug("waiting for messages on %s: %s", self.queue_name, exc)
+        finally:
+            self._waiting = False
+        # The SDK's own receive: after an error, or without the step internals.
+        remaining = max(0.001, deadline - time.monotonic())
+        return await receiver.receive_messages(max_message_count=1, max_wait_time=remaining)
 
     async def _perform(self, op: _Op) -> Any:
         receiver = self._receiver
