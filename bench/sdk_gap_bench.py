@@ -19,8 +19,11 @@ baseline beside it, and whether it is met.
 - **batch publish**: ``app.apply_many`` against the SDK's
   ``create_message_batch`` + ``send_messages`` of the same bodies, connection
   included;
-- **10 ms tasks at the default concurrency** (16): the rate once running as
-  a share of the ideal (concurrency / 10 ms), beside the start-up cost;
+- **10 ms tasks at the default concurrency** (16): the rate from the first
+  task started to the last one settled, as a share of the ideal
+  (concurrency / 10 ms), beside the start-up cost (below) and beside the same
+  worker with ``precise_timers=False`` (the event loop's waits rounded up to
+  whole milliseconds);
 - **start-up**: from ``worker.run()`` to the first task started with one
   message waiting, against the SDK's own client + receiver attach + first
   receive of a waiting message (median of several tries);
