@@ -275,7 +275,7 @@ def test_every_command_module_is_registered_and_the_script_is_declared() -> None
     assert {attribute for _module, attribute in COMMANDS} <= names
     assert {"worker", "dlq", "graph", "results", "emulator"} <= names
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="boilermaker")
-    assert script.value == "boilermaker.cli.main:main"
+    assert script.value == "boilermaker.cli.main:entry"
     assert invoke("--help").exit_code == 0
 
 

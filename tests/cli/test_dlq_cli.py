@@ -8,6 +8,9 @@ story on a fresh one.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -139,6 +142,47 @@ def test_show_of_an_unknown_sequence_number_is_an_error(shared_dead_letters: Dea
     assert missing.exit_code == 1
     assert "no dead-lettered message with sequence number 999999" in missing.output
     assert "Traceback" not in missing.output
+
+
+#: The ``boilermaker`` command with an exit hook that says whether Python's shutdown ran.
+ENTRY_WITH_EXIT_HOOK = (
+    "import atexit, sys; atexit.register(lambda: sys.stderr.write('shutdown ran\\n')); "
+    "from boilermaker.cli.main import entry; entry()"
+)
+
+
+def boilermaker_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``boilermaker`` entry point in a process of its own, output piped."""
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY_WITH_EXIT_HOOK, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+
+
+def test_a_read_only_command_ends_its_process_at_once_with_its_output_and_status(
+    shared_dead_letters: DeadLetters,
+) -> None:
+    # dlq list and show skip Python's shutdown (they hold nothing once done);
+    # what they printed, to a pipe, arrives whole, and the status is kept.
+    listing = boilermaker_process("dlq", "list", "--json", *shared_dead_letters.options())
+    (first, *_rest) = json.loads(listing.stdout)
+    missing = boilermaker_process("dlq", "show", "999999", *shared_dead_letters.options())
+    usage = boilermaker_process("dlq", "list", "--limit", "0", *shared_dead_letters.options())
+
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout == invoke("dlq", "list", "--json", *shared_dead_letters.options()).stdout
+    assert first["sequence_number"] > 0
+    assert "shutdown ran" not in listing.stderr
+    assert missing.returncode == 1
+    assert "no dead-lettered message with sequence number 999999" in missing.stderr
+    assert "shutdown ran" not in missing.stderr
+    # A command that failed before reading anything exits the usual way.
+    assert usage.returncode == 2, usage.stderr
+    assert "shutdown ran" in usage.stderr
 
 
 def test_dry_runs_change_nothing(shared_dead_letters: DeadLetters) -> None:

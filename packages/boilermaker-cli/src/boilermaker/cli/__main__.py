@@ -1,6 +1,6 @@
 """``python -m boilermaker.cli``: the same as the ``boilermaker`` command."""
 
-from boilermaker.cli.main import main
+from boilermaker.cli.main import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

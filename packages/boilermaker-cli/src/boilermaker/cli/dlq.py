@@ -138,7 +138,7 @@ def list_command(
         finally:
             await broker.close()
 
-    letters = run(go())
+    letters = run(go(), read_only=True)
     if as_json:
         echo_json([letter.to_dict() for letter in letters])
         return
@@ -181,7 +181,7 @@ def show_command(sequence_number: int, as_json: bool, bus: ServiceBusOptions) ->
         finally:
             await broker.close()
 
-    letter = run(go())
+    letter = run(go(), read_only=True)
     if letter is None:
         raise click.ClickException(
             f"no dead-lettered message with sequence number {sequence_number} in queue {bus.queue}"

@@ -47,15 +47,34 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
-def run(coro: Coroutine[Any, Any, T], exit_code: int = 1) -> T:
+#: Set once a read-only command's coroutine has returned: see :func:`quick_exit_allowed`.
+_read_only_done = False
+
+
+def quick_exit_allowed() -> bool:
+    """Whether the command that ran only read, and its coroutine has returned.
+
+    Such a command settles nothing and writes nothing but its output, and has
+    closed what it opened, so the ``boilermaker`` process may end without
+    Python's interpreter shutdown (:func:`boilermaker.cli.main.entry`).
+    """
+    return _read_only_done
+
+
+def run(coro: Coroutine[Any, Any, T], exit_code: int = 1, *, read_only: bool = False) -> T:
     """Run a command's coroutine, turning service errors into one-line CLI errors.
 
     Errors exit with ``exit_code`` (the 1.4.1 commands use 2). With
     ``exit_code`` other than 1, anything unexpected is an error too (its
     traceback only with ``-v``), so scripts can rely on the status.
+    ``read_only`` says the coroutine only reads (peeks, blob reads) and closes
+    what it opens: once it returned, :func:`quick_exit_allowed` is true.
     """
+    global _read_only_done
     try:
-        return asyncio.run(coro)
+        result = asyncio.run(coro)
+        _read_only_done = read_only
+        return result
     except click.exceptions.Exit:
         raise
     except click.ClickException as exc:

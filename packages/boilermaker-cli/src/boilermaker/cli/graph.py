@@ -89,7 +89,7 @@ def load_view(results: ResultsOptions, graph_id: str, exit_code: int) -> GraphVi
         finally:
             await store.close()
 
-    view = run(go(), exit_code)
+    view = run(go(), exit_code, read_only=True)
     if view is None:
         raise _not_found(graph_id, results, exit_code)
     return view

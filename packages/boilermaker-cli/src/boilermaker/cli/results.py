@@ -59,7 +59,7 @@ def get_command(
         finally:
             await store.close()
 
-    record, timed_out = run(go())
+    record, timed_out = run(go(), read_only=True)
     if record is None:
         where = (
             f"graph {graph_id}"
