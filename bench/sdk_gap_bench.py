@@ -15,7 +15,9 @@ baseline beside it, and whether it is met.
 - **sequential publish**: ``await app.apply_async(...)`` one after another
   against ``await sender.send_messages(ServiceBusMessage(body))`` one after
   another, with the very same bodies; each side's connection open included
-  (from creating the client to the last send returned), its close excluded;
+  (from creating the client to the last send returned), its close excluded.
+  The rate once the first send returned (both connections open) is printed
+  beside it, and its ratio reported below the goals;
 - **batch publish**: ``app.apply_many`` against the SDK's
   ``create_message_batch`` + ``send_messages`` of the same bodies, connection
   included;
@@ -155,12 +157,15 @@ async def raw_publish(
             return
         for body in bodies:
             await sender.send_messages(ServiceBusMessage(body))
+            marks.append(time.perf_counter())
 
+    marks: list[float] = []
     try:
         row = await timed(emu, len(bodies), work)
     finally:
         for handle in opened:
             await handle.close()
+    after_first(row, marks)
     if batched:
         return _named(row, "batch publish", "raw SDK batch send")
     return _named(row, "sequential publish", "raw SDK send_messages")
@@ -178,15 +183,24 @@ async def our_publish(emu: ServiceBusEmulator, queue: str, n: int, batched: bool
             return
         for i in range(n):
             await app.apply_async("noop", i)
+            marks.append(time.perf_counter())
 
+    marks: list[float] = []
     try:
         row = await timed(emu, n, work)
     finally:
         for app in apps:
             await app.close()
+    after_first(row, marks)
     if batched:
         return _named(row, "batch publish", "ours apply_many")
     return _named(row, "sequential publish", "ours apply_async")
+
+
+def after_first(row: Row, marks: list[float]) -> None:
+    """Record the rate once the first send returned (the connection open, then warm)."""
+    if len(marks) >= 2 and marks[-1] > marks[0]:
+        row.extra["after_first"] = (len(marks) - 1) / (marks[-1] - marks[0])
 
 
 def _named(row: Row, workload: str, implementation: str) -> Row:
@@ -492,6 +506,7 @@ def report(figures: Figures, caption: str) -> str:
                 row.n,
                 row.seconds,
                 row.rate,
+                row.extra.get("after_first", "-"),
                 row.client_ms,
                 row.emulator_ms,
             ]
@@ -505,6 +520,7 @@ def report(figures: Figures, caption: str) -> str:
                 "N",
                 "seconds",
                 "msg/s",
+                "msg/s after 1st",
                 "client CPU ms/msg",
                 "emulator CPU ms/msg",
             ],
@@ -550,6 +566,26 @@ def report(figures: Figures, caption: str) -> str:
 
     rate_goal("worker c=1 / raw sequential loop (prefetch 2), msg/s", "ours c1", "raw c1", 0.9)
     rate_goal("sequential apply_async / raw send_messages, msg/s", "ours seq", "raw seq", 0.9)
+    pairs = zip(figures.rounds.get("ours seq", []), figures.rounds.get("raw seq", []), strict=False)
+    warm = [
+        (o.extra["after_first"], r.extra["after_first"])
+        for o, r in pairs
+        if "after_first" in o.extra and "after_first" in r.extra
+    ]
+    if warm:
+        # Not one of the issue's goals: the steady state, once both connections are open.
+        best_ours, best_raw = max(w[0] for w in warm), max(w[1] for w in warm)
+        goals.append(
+            [
+                "the same once the first send returned (reported, not a goal), msg/s",
+                best_ours,
+                best_raw,
+                best_ours / best_raw,
+                ", ".join(f"{a / b:.2f}" for a, b in warm),
+                "-",
+                "reported",
+            ]
+        )
     rate_goal("apply_many / raw batch send, msg/s", "ours batch", "raw batch", 0.9)
     sleep = rows.get("sleep")
     if sleep is not None:
