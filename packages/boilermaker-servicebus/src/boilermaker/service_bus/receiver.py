@@ -467,11 +467,11 @@ class ServiceBusQueueReceiver:
         if got:
             self._ask_credit()
         else:
-            # With prefetch the link already has credit: wait for one message
-            # only. Asking for more makes the SDK, once the first arrives, pump
-            # for a further socket timeout in case others follow, which delays
-            # every hop of a chain by that much; what follows lands in the
-            # buffer and is taken by the next call at once.
+            # With prefetch the link already has credit: wait until a first
+            # message lands and hand out what is buffered then. The SDK's
+            # receive, asked for more, would pump for a further socket timeout
+            # in case others follow, delaying every hop of a chain by that
+            # much; what follows lands in the buffer and is taken at once.
             wait = max(0.001, min(RECEIVE_SLICE, remaining))
             if self.prefetch:
                 got = await self._await_prefetched(op.max_messages, wait)
