@@ -324,7 +324,11 @@ class ServiceBusQueueReceiver:
                 if batch or top_ups:
                     unconfirmed += await self._send_together(batch, top_ups)
                     batch, top_ups = [], []
-                if unconfirmed and op.kind == "receive" and not self._buffered():
+                if (
+                    unconfirmed
+                    and op.kind == "receive"
+                    and not sdk_internals.prefetched_count(self._receiver)
+                ):
                     # The receive would wait: read the outcomes first, so the
                     # settlements are not held until its wait ends.
                     await self._confirm_settlements(unconfirmed)
@@ -492,9 +496,6 @@ class ServiceBusQueueReceiver:
             return
         # Nothing yet: let queued settlements go first, then keep waiting.
         self._ops.put_nowait(op)
-
-    def _buffered(self) -> int:
-        return sdk_internals.prefetched_count(self._receiver) if self._receiver else 0
 
     async def _await_prefetched(self, max_messages: int, wait: float) -> list[Any]:
         """Read frames until a message is prefetched, an operation is queued (which
